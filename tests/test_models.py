@@ -1,0 +1,323 @@
+"""Model registry, architectures and initialization: counts from paper/PAPER.md, real init values."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from bnonly.models import GAMMA_INITS, create_model, initialize, list_models, register_family
+
+
+def _counts(model: nn.Module) -> tuple[int, int, int]:
+    """(all params, BN γ+β found by module type, params of the last nn.Linear)."""
+    total = sum(p.numel() for p in model.parameters())
+    bn = sum(p.numel() for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters(recurse=False))
+    out = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return total, bn, sum(p.numel() for p in out.parameters())
+
+
+# (name, all params, BN params, output layer params or None): paper/PAPER.md and torchvision.
+COUNTS = [
+    ("cifar_resnet_14", 175_258, 1_120, 650),
+    ("cifar_resnet_20", 272_474, 1_568, 650),
+    ("cifar_resnet_32", 466_906, 2_464, 650),
+    ("cifar_resnet_56", 855_770, 4_256, 650),
+    ("cifar_resnet_110", 1_730_714, 8_288, 650),
+    ("cifar_resnet_218", 3_480_602, 16_352, 650),
+    ("cifar_resnet_434", 6_980_378, 32_480, 650),
+    ("cifar_resnet_866", 13_979_930, 64_736, 650),
+    ("cifar_resnet_14_16", 175_258, 1_120, 650),
+    ("cifar_resnet_14_32", 696_618, 2_240, 32 * 4 * 10 + 10),
+    ("cifar_resnet_14_64", 2_777_674, 4_480, 64 * 4 * 10 + 10),
+    ("cifar_resnet_14_128", 11_093_130, 8_960, 128 * 4 * 10 + 10),
+    ("cifar_resnet_14_256", 44_337_418, 17_920, 256 * 4 * 10 + 10),
+    ("cifar_resnet_14_512", 177_279_498, 35_840, 512 * 4 * 10 + 10),
+    ("cifar_vgg_11", 9_231_114, 5_504, 5_130),
+    ("cifar_vgg_13", 9_416_010, 5_888, 5_130),
+    ("cifar_vgg_16", 14_728_266, 8_448, 5_130),
+    ("cifar_vgg_19", 20_040_522, 11_008, 5_130),
+    ("imagenet_resnet_18", 11_689_512, None, 513_000),
+    ("imagenet_resnet_34", 21_797_672, None, 513_000),
+    ("imagenet_resnet_50", 25_557_032, 53_120, 2_049_000),
+    ("imagenet_resnet_50_64", 25_557_032, 53_120, 2_049_000),
+    ("imagenet_resnet_101", 44_549_160, None, 2_049_000),
+    ("imagenet_resnet_152", 60_192_808, None, 2_049_000),
+    ("imagenet_resnet_200", 64_673_832, 176_000, 2_049_000),
+    ("imagenet_resnet_50_128", 68_883_240, None, 2_049_000),
+]
+
+
+@pytest.mark.parametrize("name,total,bn,out", COUNTS, ids=[c[0] for c in COUNTS])
+def test_parameter_counts_match_paper(name, total, bn, out):
+    got_total, got_bn, got_out = _counts(create_model(name, device="meta"))
+    assert got_total == total
+    if bn is not None:
+        assert got_bn == bn
+    assert got_out == out
+
+
+def test_meta_construction_under_context_manager():
+    with torch.device("meta"):
+        model = create_model("cifar_resnet_866")
+    assert all(p.is_meta for p in model.parameters())
+    assert _counts(model)[0] == 13_979_930
+
+
+def test_basic_block_width_scales_every_stage():
+    assert _counts(create_model("imagenet_resnet_18_64", device="meta"))[0] == 11_689_512
+    model = create_model("imagenet_resnet_18_32", device="meta")
+    assert model.conv1.out_channels == 32 and model.fc.in_features == 256
+
+
+def test_num_classes_default_and_override():
+    assert create_model("cifar_resnet_8").fc.out_features == 10
+    assert create_model("cifar_vgg_11", device="meta").fc.out_features == 10
+    assert create_model("imagenet_resnet_18", device="meta").fc.out_features == 1000
+    assert create_model("cifar_resnet_8", 100).fc.out_features == 100
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("cifar_resnet_8", 0)
+
+
+def test_output_layer_is_last_linear():
+    for name in ("cifar_resnet_8", "cifar_vgg_11", "imagenet_resnet_50"):
+        model = create_model(name, device="meta")
+        assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1] is model.fc
+
+
+@pytest.mark.parametrize(
+    "name,num_classes,size,expected",
+    [
+        ("cifar_resnet_8", None, 32, 10),
+        ("cifar_resnet_14_8", 7, 32, 7),
+        ("cifar_vgg_11", None, 32, 10),
+        ("imagenet_resnet_18_16", None, 64, 1000),
+        ("imagenet_resnet_50", 13, 64, 13),
+    ],
+)
+def test_forward_shape(name, num_classes, size, expected):
+    model = create_model(name, num_classes).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, size, size))
+    assert y.shape == (2, expected)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_8", "cifar_vgg_11", "imagenet_resnet_18_16"])
+def test_channels_last_matches_contiguous(name):
+    model = create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        got = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_8", "imagenet_resnet_18_8"])
+def test_compiles_without_graph_breaks(name):
+    torch._dynamo.reset()
+    model = create_model(name).train()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(compiled(x), create_model(name).train()(x))
+
+
+def _gammas(model):
+    return torch.cat([m.weight.detach().flatten() for m in model.modules() if isinstance(m, _BatchNorm)])
+
+
+def _betas(model):
+    return torch.cat([m.bias.detach().flatten() for m in model.modules() if isinstance(m, _BatchNorm)])
+
+
+def test_uniform_gamma_init_applied():
+    model = create_model("cifar_resnet_14_64")  # 2,240 γ
+    gamma = _gammas(model)
+    assert gamma.numel() == 2_240
+    assert gamma.min() >= 0 and gamma.max() <= 1
+    assert (gamma != 1).all()
+    assert abs(gamma.mean().item() - 0.5) < 0.03  # std of the mean ≈ 0.29 / sqrt(2240) ≈ 0.006
+    assert abs(gamma.std().item() - math.sqrt(1 / 12)) < 0.02
+    assert torch.equal(_betas(model), torch.zeros_like(_betas(model)))
+
+
+def test_ones_gamma_init_applied():
+    model = create_model("cifar_resnet_14_64", gamma_init="ones")
+    assert torch.equal(_gammas(model), torch.ones(2_240))
+    assert torch.equal(_betas(model), torch.zeros(2_240))
+
+
+def test_conv_and_linear_weights_are_kaiming_normal():
+    model = create_model("cifar_resnet_14_64")
+    conv = model.blocks[-1].conv2  # 256 x 256 x 3 x 3, fan_in 2,304
+    w = conv.weight.detach()
+    assert w.numel() == 589_824
+    assert abs(w.mean().item()) < 1e-3
+    assert w.std().item() == pytest.approx(math.sqrt(2 / 2_304), rel=0.01)
+    fc = model.fc  # Kaiming on the output layer too, bias U(±1/sqrt(256))
+    assert fc.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.1)
+    assert fc.bias.abs().max().item() <= 1 / 16 and (fc.bias != 0).any()
+
+
+def test_bad_gamma_init_lists_choices():
+    with pytest.raises(ValueError, match="'uniform', 'ones'"):
+        create_model("cifar_resnet_8", gamma_init="normal")
+    with pytest.raises(ValueError, match="'uniform', 'ones'"):
+        initialize(nn.BatchNorm2d(3), gamma_init="one")
+    assert GAMMA_INITS == ("uniform", "ones")
+
+
+def _assert_state_equal(a: nn.Module, b: nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_same_seed_bit_identical_regardless_of_global_rng():
+    torch.manual_seed(1)
+    a = create_model("cifar_resnet_20", seed=7)
+    torch.manual_seed(2)
+    torch.rand(123)
+    b = create_model("cifar_resnet_20", seed=7)
+    _assert_state_equal(a, b)
+
+
+def test_different_seed_different_weights():
+    a = create_model("cifar_resnet_8", seed=0)
+    b = create_model("cifar_resnet_8", seed=1)
+    assert not torch.equal(a.conv.weight, b.conv.weight)
+    assert not torch.equal(a.fc.weight, b.fc.weight)
+    assert not torch.equal(a.bn.weight, b.bn.weight)
+    c = create_model("cifar_resnet_8", seed=None)
+    d = create_model("cifar_resnet_8", seed=None)
+    assert not torch.equal(c.conv.weight, d.conv.weight)
+
+
+def test_create_model_leaves_global_rng_untouched():
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    create_model("cifar_resnet_8", seed=None)
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_draws_match_torch_init_with_one_generator():
+    """The first layer's draws are exactly torch.nn.init's Kaiming normal then the default bias."""
+    model = create_model("cifar_vgg_11", seed=5)
+    g = torch.Generator().manual_seed(5)
+    w = nn.init.kaiming_normal_(torch.empty(64, 3, 3, 3), mode="fan_in", nonlinearity="relu", generator=g)
+    b = torch.empty(64).uniform_(-1 / math.sqrt(27), 1 / math.sqrt(27), generator=g)
+    gamma = torch.empty(64).uniform_(0, 1, generator=g)
+    first = model.layers[0]
+    assert torch.equal(first.conv.weight, w)
+    assert torch.equal(first.conv.bias, b)
+    assert torch.equal(first.bn.weight, gamma)
+
+
+def test_values_independent_of_dtype():
+    a = initialize(create_model("cifar_resnet_8"), seed=4)
+    b = initialize(create_model("cifar_resnet_8").to(torch.float64), seed=4)
+    assert torch.equal(b.conv.weight.float(), a.conv.weight)
+
+
+class UserNet(nn.Module):
+    """A user's own network; the norm layer's attribute name hides its type on purpose."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 64, 5)
+        self.fc_weightlike = nn.GroupNorm(8, 64)
+        self.inorm = nn.InstanceNorm1d(64, affine=True)
+        self.inorm_plain = nn.InstanceNorm1d(64)
+        self.proj = nn.Linear(64, 512, bias=False)
+        self.ln = nn.LayerNorm(512)
+        self.head = nn.Linear(512, 3)
+        self.scale = nn.Parameter(torch.full((3,), 7.0))  # not a layer: left alone
+
+    def forward(self, x):
+        x = self.inorm(self.fc_weightlike(self.conv(x))).mean(-1)
+        return self.head(self.ln(self.proj(x))) * self.scale
+
+
+def test_initialize_user_module_with_other_norms():
+    torch.manual_seed(0)
+    net = initialize(UserNet(), seed=11)
+    for norm in (net.fc_weightlike, net.inorm, net.ln):
+        assert norm.weight.min() >= 0 and norm.weight.max() <= 1
+        assert (norm.weight != 1).any()
+        assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
+    assert net.proj.weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.05)
+    assert net.conv.bias.abs().max().item() <= 1 / math.sqrt(20)
+    assert torch.equal(net.scale, torch.full((3,), 7.0))
+    torch.manual_seed(99)
+    _assert_state_equal(net, initialize(UserNet(), seed=11))
+
+    ones = initialize(UserNet(), gamma_init="ones")
+    for norm in (ones.fc_weightlike, ones.inorm, ones.ln):
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    assert net(torch.randn(2, 4, 16)).shape == (2, 3)
+
+
+def test_initialize_resets_running_stats():
+    bn = nn.BatchNorm2d(4)
+    bn(torch.randn(8, 4, 3, 3) * 5 + 2)
+    initialize(bn)
+    assert torch.equal(bn.running_mean, torch.zeros(4))
+    assert torch.equal(bn.running_var, torch.ones(4))
+    assert bn.num_batches_tracked.item() == 0
+
+
+def test_initialize_rejects_uninitialized_lazy_modules():
+    with pytest.raises(ValueError, match="forward pass"):
+        initialize(nn.LazyLinear(3))
+
+
+def test_list_models_names_every_family():
+    patterns = list_models()
+    families = ("cifar_resnet_D", "cifar_resnet_D_W", "cifar_vgg_11|13|16|19", "imagenet_resnet_18|34|50|101|152|200")
+    for needle in (*families, "imagenet_resnet_D_W"):
+        assert any(p.startswith(needle) for p in patterns), needle
+
+
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("cifar_resnet_15", "6n+2"),
+        ("cifar_resnet_2", "6n+2"),
+        ("imagenet_resnet_19", "18, 34, 50, 101, 152, 200"),
+        ("cifar_vgg_12", "11, 13, 16, 19"),
+        ("resnet50", "matches no known pattern"),
+        ("cifar_resnet_20_0", "matches no known pattern"),
+        ("cifar_resnet_20_", "matches no known pattern"),
+        ("", "matches no known pattern"),
+    ],
+)
+def test_bad_names_raise_with_valid_patterns(name, reason):
+    with pytest.raises(ValueError) as info:
+        create_model(name, device="meta")
+    message = str(info.value)
+    assert repr(name) in message
+    assert reason in message
+    for pattern in list_models():
+        assert pattern in message
+
+
+def test_register_family_adds_a_name():
+    from bnonly.models import registry
+
+    @register_family(r"test_mlp_(?P<hidden>\d+)", "test_mlp_H", num_classes=4)
+    def _mlp(hidden, num_classes):
+        h = int(hidden)
+        return nn.Sequential(nn.Linear(8, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, num_classes))
+
+    try:
+        model = create_model("test_mlp_32", seed=3)
+        assert model[-1].out_features == 4
+        assert (model[1].weight != 1).any() and model[1].weight.max() <= 1
+        assert "test_mlp_H" in list_models()
+    finally:
+        registry._FAMILIES.pop()
+    assert "test_mlp_H" not in list_models()
