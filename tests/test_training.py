@@ -1,0 +1,140 @@
+"""Training runs end to end on synthetic data: run folder, resume, failures, CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bnonly.cli import main
+from bnonly.config import TrainConfig
+from bnonly.models import create_model
+from bnonly.rundir import RunDir
+from bnonly.training import Interrupted, TrainingFailed, train
+
+TINY = dict(model="cifar_resnet_8_4", data="synthetic:train=256,test=128,classes=4,size=16", batch_size=32,
+            epochs=3, milestones=(1, 2), schedule_epochs=3, progress=False, device="cpu", threads=1)
+
+
+def tiny(tmp_path, **kw):
+    return TrainConfig(**{**TINY, "out": str(tmp_path / "runs"), **kw})
+
+
+def test_run_folder_holds_everything(tmp_path):
+    cfg = tiny(tmp_path, train="bn")
+    summary = train(cfg, log=lambda *_: None)
+    run = RunDir(summary["run_dir"])
+    assert run.path.name == cfg.run_name
+    assert json.loads(run.config.read_text()) == cfg.to_dict()
+    metrics = run.read_metrics()
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    for key in ("run_id", "model", "train", "seed", "epochs", "test_acc", "test_top5", "trainable_params",
+                "total_params", "wall_seconds", "images_per_second"):
+        assert key in summary
+    assert summary["status"] == "done" and 0 <= summary["test_acc"] <= summary["test_top5"] <= 1
+    assert summary["test_acc"] == metrics[-1]["test_acc"]
+    assert summary["trainable_params"] == summary["bn_params"]
+    plain = create_model("cifar_resnet_8_4", 4)
+    init, final = torch.load(run.init_weights), torch.load(run.final_weights)
+    plain.load_state_dict(init)
+    plain.load_state_dict(final)
+    fresh = create_model("cifar_resnet_8_4", 4, seed=0).state_dict()
+    assert all(torch.equal(init[k], fresh[k]) for k in fresh if "running" not in k and "num_batches" not in k)
+    changed = {k for k in final if not torch.equal(init[k], final[k])}
+    assert changed and all(k.split(".")[-1] in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+                           for k in changed)
+    assert not any(k.endswith("conv1.weight") or k == "fc.weight" for k in changed)  # frozen under 'bn'
+
+
+def test_bn_only_learns_the_synthetic_task(tmp_path):
+    summary = train(tiny(tmp_path, train="bn", epochs=4, lr=0.2), log=lambda *_: None)
+    assert summary["test_acc"] > 0.5  # 4 classes: chance is 0.25
+
+
+def test_random_subset_run_keeps_frozen_entries(tmp_path):
+    summary = train(tiny(tmp_path, train="random-per-channel:2", epochs=1), log=lambda *_: None)
+    run = RunDir(summary["run_dir"])
+    init, final = torch.load(run.init_weights), torch.load(run.final_weights)
+    w0, w1 = init["fc.weight"], final["fc.weight"]
+    assert int((w0 != w1).sum()) == 2 * w0.shape[0]  # exactly the 2 chosen entries per row moved
+    assert summary["trainable_params"] < summary["bn_params"] * 2
+
+
+def test_finished_run_is_reported_not_retrained(tmp_path):
+    cfg = tiny(tmp_path, epochs=1)
+    first = train(cfg, log=lambda *_: None)
+    messages = []
+    again = train(cfg, log=messages.append)
+    assert again == first and "already finished" in messages[0]
+
+
+def test_interrupted_run_resumes_to_identical_result(tmp_path):
+    straight = train(tiny(tmp_path / "a"), log=lambda *_: None)
+
+    cfg = tiny(tmp_path / "b")
+    calls = {"n": 0}
+    from bnonly import training
+
+    original = training.Trainer._train_step
+
+    def interrupt_at_step_11(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, y)
+
+    training.Trainer._train_step = interrupt_at_step_11
+    try:
+        with pytest.raises(Interrupted, match="SIGINT at step 11"):
+            train(cfg, log=lambda *_: None)
+    finally:
+        training.Trainer._train_step = original
+    run = RunDir(tmp_path / "b" / "runs" / cfg.run_name)
+    assert run.checkpoint.exists() and not run.summary.exists()
+    resumed = train(cfg, log=lambda *_: None)
+
+    a, b = RunDir(straight["run_dir"]), RunDir(resumed["run_dir"])
+    fa, fb = torch.load(a.final_weights), torch.load(b.final_weights)
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_seconds", "images_per_second")} for r in rows]
+    assert strip(a.read_metrics()) == strip(b.read_metrics())
+
+
+def test_nan_loss_stops_and_is_recorded(tmp_path):
+    cfg = tiny(tmp_path, train="all", lr=1e6, epochs=2)
+    with pytest.raises(TrainingFailed, match="non-finite"):
+        train(cfg, log=lambda *_: None)
+    summary = RunDir(tmp_path / "runs" / cfg.run_name).read_summary()
+    assert summary["status"] == "failed" and "non-finite" in summary["reason"]
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    args = ["train", "--model", "cifar_resnet_8_4", "--train", "bn", "--epochs", "1", "--seed", "0",
+            "--data", TINY["data"], "--batch-size", "32", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert "test_acc" in capsys.readouterr().out
+    assert main(args[:2] + ["cifar_resnet_9"] + args[3:]) == 2
+    assert "6n+2" in capsys.readouterr().err
+    assert main(args[:4] + ["bn+gama"] + args[5:]) == 2
+    assert "'gama'" in capsys.readouterr().err
+    assert main(args + ["--preset", "cifar11"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_cli_info_json(capsys):
+    assert main(["info", "cifar_resnet_14", "--train", "bn", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["total_params"], info["trainable_params"], info["bn_params"], info["output_params"]) == \
+        (175258, 1120, 1120, 650)
+    assert main(["info", "cifar_resnet_14", "--train", "random:matched", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 1120
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "bnonly", "models"], capture_output=True, text=True, check=True)
+    assert "cifar_resnet" in out.stdout and "imagenet_resnet" in out.stdout
