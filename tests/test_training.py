@@ -15,8 +15,8 @@ from bnonly.models import create_model
 from bnonly.rundir import RunDir
 from bnonly.training import Interrupted, TrainingFailed, train
 
-TINY = dict(model="cifar_resnet_8_4", data="synthetic:train=256,test=128,classes=4,size=16", batch_size=32,
-            epochs=3, milestones=(1, 2), schedule_epochs=3, progress=False, device="cpu", threads=1)
+TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=256,test=128,classes=4,size=16", batch_size=32,
+            epochs=3, milestones=(1, 2), schedule_epochs=3, augment="none", progress=False, device="cpu", threads=1)
 
 
 def tiny(tmp_path, **kw):
@@ -37,11 +37,11 @@ def test_run_folder_holds_everything(tmp_path):
     assert summary["status"] == "done" and 0 <= summary["test_acc"] <= summary["test_top5"] <= 1
     assert summary["test_acc"] == metrics[-1]["test_acc"]
     assert summary["trainable_params"] == summary["bn_params"]
-    plain = create_model("cifar_resnet_8_4", 4)
+    plain = create_model("cifar_resnet_8_8", 4)
     init, final = torch.load(run.init_weights), torch.load(run.final_weights)
     plain.load_state_dict(init)
     plain.load_state_dict(final)
-    fresh = create_model("cifar_resnet_8_4", 4, seed=0).state_dict()
+    fresh = create_model("cifar_resnet_8_8", 4, seed=0).state_dict()
     assert all(torch.equal(init[k], fresh[k]) for k in fresh if "running" not in k and "num_batches" not in k)
     changed = {k for k in final if not torch.equal(init[k], final[k])}
     assert changed and all(k.split(".")[-1] in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -50,7 +50,8 @@ def test_run_folder_holds_everything(tmp_path):
 
 
 def test_bn_only_learns_the_synthetic_task(tmp_path):
-    summary = train(tiny(tmp_path, train="bn", epochs=4, lr=0.2), log=lambda *_: None)
+    summary = train(tiny(tmp_path, model="cifar_resnet_8_16", train="bn", epochs=6, milestones=(100,), lr=0.2),
+                    log=lambda *_: None)
     assert summary["test_acc"] > 0.5  # 4 classes: chance is 0.25
 
 
@@ -112,7 +113,7 @@ def test_nan_loss_stops_and_is_recorded(tmp_path):
 
 
 def test_cli_train_and_errors(tmp_path, capsys):
-    args = ["train", "--model", "cifar_resnet_8_4", "--train", "bn", "--epochs", "1", "--seed", "0",
+    args = ["train", "--model", "cifar_resnet_8_8", "--train", "bn", "--epochs", "1", "--seed", "0",
             "--data", TINY["data"], "--batch-size", "32", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
     assert main(args) == 0
     assert "test_acc" in capsys.readouterr().out

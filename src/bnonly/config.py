@@ -42,17 +42,17 @@ class TrainConfig:
     augment: str = _f("cifar", "train augmentation: cifar (crop 32 pad 4 + flip), imagenet (random-resized crop + flip), none")
     normalize: str = _f("imagenet", "input normalization: imagenet (the framework's choice), cifar, none")
     # Optimization.
-    epochs: float = _f(160, "training epochs; the schedule keeps its shape (milestones scale with epochs)")
+    epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)")
     batch_size: int = _f(128, "global batch size (split across ranks when distributed)")
     lr: float = _f(0.1, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "weight decay on every trainable tensor")
     milestones: tuple = _f((80, 120), "epochs (of schedule_epochs) where lr is multiplied by lr_gamma")
     lr_gamma: float = _f(0.1, "lr factor at each milestone")
-    warmup_epochs: float = _f(0, "linear warmup length (of schedule_epochs)")
-    schedule_epochs: float = _f(160, "the recipe length the milestones and warmup refer to")
+    warmup_epochs: float = _f(0.0, "linear warmup length (of schedule_epochs)")
+    schedule_epochs: float = _f(160.0, "the recipe length the milestones and warmup refer to")
     # Evaluation.
-    eval_every: float = _f(1, "evaluate on the test set every this many epochs (and at the end)")
+    eval_every: float = _f(1.0, "evaluate on the test set every this many epochs (and at the end)")
     # How and where to run: not part of the run's identity.
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device)")
