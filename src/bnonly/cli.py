@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,6 +11,10 @@ import typing
 from dataclasses import fields
 
 from . import config as cfgmod
+
+
+# Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
+EXTRA_SUBCOMMANDS: list[str] = []
 
 
 class UserError(Exception):
@@ -106,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model name patterns")
     p.set_defaults(func=cmd_models)
+
+    for module in EXTRA_SUBCOMMANDS:
+        importlib.import_module(module).add_subcommand(sub)
     return parser
 
 

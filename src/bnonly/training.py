@@ -293,9 +293,14 @@ class Trainer:
 
 
 def _progress(enabled: bool, total: int, initial: int):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=False)
+    # In a log file (not a terminal) a bar redrawn every step would bury the results.
+    interval = 0.5 if sys.stderr.isatty() else 30
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=False,
+                mininterval=interval)
 
 
 def count_summary(model: nn.Module) -> dict:
