@@ -139,3 +139,26 @@ def test_cli_info_json(capsys):
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "bnonly", "models"], capture_output=True, text=True, check=True)
     assert "cifar_resnet" in out.stdout and "imagenet_resnet" in out.stdout
+
+
+def test_streamed_imagenet_style_folder_trains(tmp_path):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("val", 6)):
+        for c, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                size = (40 + 4 * (i % 3), 36 + 2 * (i % 4))  # mixed sizes: streamed, not cached
+                noise = torch.randint(0, 40, (size[1], size[0], 3), generator=gen, dtype=torch.uint8)
+                pixels = (torch.tensor(colour, dtype=torch.uint8) + noise).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = TrainConfig(model="imagenet_resnet_18_8", data=str(tmp_path / "data"), image_size=32, batch_size=8,
+                      epochs=2, augment="auto", num_workers=0, progress=False, device="cpu",
+                      out=str(tmp_path / "runs"), train="bn+output", lr=0.05)
+    summary = train(cfg, log=lambda *_: None)
+    metrics = RunDir(summary["run_dir"]).read_metrics()
+    assert summary["status"] == "done" and len(metrics) == 2
+    assert metrics[0]["step"] == 3 and summary["steps"] == 6  # 24 images, batch 8, drop_last
+    assert summary["total_params"] == sum(p.numel() for p in create_model("imagenet_resnet_18_8", 2).parameters())

@@ -39,7 +39,8 @@ class TrainConfig:
     num_classes: Optional[int] = _f(None, "output classes (default: the dataset's)")
     # Data.
     data: str = _f("", "dataset: CIFAR python-batch folder or .tar.gz, image folder with train/ and test/, or synthetic[:k=v,...]")
-    augment: str = _f("cifar", "train augmentation: cifar (crop 32 pad 4 + flip), imagenet (random-resized crop + flip), none")
+    augment: str = _f("auto", "train augmentation: cifar (crop pad 4 + flip), imagenet (random-resized crop + flip), none, or auto (cifar for in-memory data, imagenet for streamed folders)")
+    image_size: int = _f(224, "crop size for streamed (ImageNet-style) folders; test images are resized to 256/224 of it first")
     normalize: str = _f("imagenet", "input normalization: imagenet (the framework's choice), cifar, none")
     # Optimization.
     epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)")

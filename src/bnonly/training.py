@@ -93,7 +93,7 @@ def build(cfg: cfgmod.TrainConfig) -> Built:
         torch.set_num_threads(cfg.threads)
     if not cfg.data:
         raise cfgmod.ConfigError("no dataset given: pass --data PATH (a CIFAR folder/archive, an image folder, or 'synthetic')")
-    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir)
+    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
     num_classes = cfg.num_classes or dataset.num_classes
     auto_cl, auto_bf16 = fast_defaults(device)
     channels_last = auto_cl if cfg.channels_last is None else cfg.channels_last
