@@ -3,13 +3,14 @@
 # EPOCHS epochs (same lr shape: x0.1 at 50% and 75%), on the shared JPEG CIFAR-10.
 # Runs are content-addressed: re-running skips finished runs and resumes interrupted ones.
 # Usage: scripts/reproduce_cifar10.sh [OUT] (default results/runs); env EPOCHS, THREADS, DATA.
-set -euo pipefail
+set -uo pipefail
 OUT=${1:-results/runs}
 EPOCHS=${EPOCHS:-10}
 DATA=${DATA:-../shared/data/cifar10-jpeg}
 common=(--epochs "$EPOCHS" --data "$DATA" --out "$OUT" --no-progress)
 [ -n "${THREADS:-}" ] && common+=(--threads "$THREADS")
-run() { bnonly train "${common[@]}" "$@"; }
+# A failed run is reported and the others go on; launching again retries it.
+run() { bnonly train "${common[@]}" "$@" || echo "FAILED (exit $?): $*" >&2; }
 # ResNet-14: every what-trains configuration; 2 seeds for bn and all.
 for spec in bn all output bn+output random:matched random-per-channel:2; do
   run --model cifar_resnet_14 --train "$spec" --seed 0
