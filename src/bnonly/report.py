@@ -1,0 +1,619 @@
+"""``bnonly report RUNS_DIR``: every finished run below a folder in one table and one report.
+
+Writes into ``--out`` (default ``RUNS_DIR/report``)::
+
+    runs.csv, runs.jsonl   one row per finished run (pandas: pd.read_csv / pd.read_json(p, lines=True))
+    groups.csv             model x what-trains (x variant): mean and std over seeds
+    report.md              tables and figures/*.png: accuracy per model x what-trains, accuracy
+                           against depth, width and trainable parameters with the paper's numbers
+                           (marked as such), γ histograms, disabled fractions and the ablation
+
+Runs are grouped by model, what-trains spec and *variant*: the other identity fields of the
+config (epochs, lr, ...) that differ among the runs gathered, so runs of different recipes are
+never averaged together. γ/disabled-feature results come from each run's ``analysis.json``
+(``bnonly analyze``, or ``--analyze`` here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+from . import analysis as an
+from . import config as cfgmod
+from . import paper_numbers as paper
+from .models import cifar_resnet, imagenet_resnet
+from .rundir import RunDir, atomic_write_bytes, read_json
+
+
+class ReportError(ValueError):
+    """Nothing to report on, or a bad option."""
+
+
+_MODEL = re.compile(r"(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_(?P<depth>\d+)(?:_(?P<width>\d+))?")
+_DEFAULT_WIDTH = {"cifar_resnet": cifar_resnet.DEFAULT_WIDTH, "imagenet_resnet": imagenet_resnet.DEFAULT_WIDTH}
+_NOT_VARIANT = {"model", "train", "seed", "selection_seed"} | set(cfgmod.IDENTITY_EXCLUDED)
+# Specs in the order tables and legends list them; others follow alphabetically.
+_SPEC_ORDER = ("all", "bn", "bn+output", "gamma", "beta", "output", "random-per-channel:2", "random:matched")
+_SETUP_FIELDS = ("data", "epochs", "schedule_epochs", "milestones", "lr", "lr_gamma", "warmup_epochs", "batch_size",
+                 "momentum", "weight_decay", "augment", "normalize", "gamma_init", "bn_affine")
+
+
+def model_shape(name: str) -> tuple[str, int | None, int | None]:
+    """(family, depth, width) parsed from a model name; unknown names give (name, None, None)."""
+    m = _MODEL.fullmatch(name)
+    if not m:
+        return name, None, None
+    width = int(m["width"]) if m["width"] else _DEFAULT_WIDTH.get(m["family"])
+    return m["family"], int(m["depth"]), width
+
+
+def _spec_key(spec: str):
+    return (_SPEC_ORDER.index(spec), "") if spec in _SPEC_ORDER else (len(_SPEC_ORDER), spec)
+
+
+# --- gathering -------------------------------------------------------------------------------
+
+def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
+    """One row per finished run below ``root``, run -> its analysis.json (when present), and
+    each run's config.json (in row order)."""
+    root = Path(root)
+    rows, analyses, configs = [], {}, []
+    for path in an.finished_runs(root):
+        run = RunDir(path)
+        summary, cfg = run.read_summary(), read_json(run.config) or {}
+        family, depth, width = model_shape(summary["model"])
+        name = str(path.relative_to(root)) if path != root else path.name
+        row = dict(
+            run=name, model=summary["model"], family=family, depth=depth, width=width, train=summary["train"],
+            seed=summary["seed"], epochs=cfg.get("epochs"), schedule_epochs=cfg.get("schedule_epochs"),
+            data=cfg.get("data"), test_acc=summary["test_acc"], test_top5=summary.get("test_top5"),
+            trainable_params=summary.get("trainable_params"), total_params=summary.get("total_params"),
+            bn_params=summary.get("bn_params"), wall_seconds=summary.get("wall_seconds"),
+            images_per_second=summary.get("images_per_second"), device=summary.get("device"),
+        )
+        a = read_json(path / an.ANALYSIS_FILE)
+        row["analyzed"] = a is not None
+        if a is not None:
+            analyses[name] = a
+            row.update(fraction_dead=a["fraction_dead"], n_dead=a["n_dead"], n_features=a["n_features"],
+                       dead_share=a["options"]["dead_share"])
+            row.update({f"gamma_below_{k}": v for k, v in a["fraction_gamma_below"].items()})
+            row["dead_with_negative_beta"] = a["dead_relation"]["fraction_of_dead_with_negative_beta"]
+            ab = a["ablation"]
+            row.update({f"ablation_{k}": ab[k] for k in ("n_zeroed", "baseline_acc", "disabled_zeroed_acc",
+                                                        "random_zeroed_acc_mean", "random_zeroed_acc_std")})
+        rows.append(row)
+        configs.append(cfg)
+    for row, variant in zip(rows, _variants(configs)):
+        row["variant"] = variant
+    return rows, analyses, configs
+
+
+def _variants(configs: list[dict]) -> list[str]:
+    """Per run, the identity fields (other than model, spec and seed) that differ among the runs."""
+    keys = [k for k in cfgmod.field_names() if k not in _NOT_VARIANT
+            and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    return [", ".join(f"{k}={_fmt_value(c.get(k))}" for k in keys) for c in configs]
+
+
+def _fmt_value(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def unfinished(root: str | Path) -> list[dict]:
+    """Run folders below ``root`` that have not finished: running, interrupted or failed."""
+    out = []
+    for cfg_path in sorted(Path(root).rglob("config.json")):
+        run = RunDir(cfg_path.parent)
+        if run.is_done():
+            continue
+        cfg, summary = read_json(run.config) or {}, run.read_summary() or {}
+        metrics = run.read_metrics()
+        status = "failed: " + summary.get("reason", "") if summary.get("status") == "failed" else (
+            f"in progress or interrupted (epoch {metrics[-1]['epoch']:g} of {cfg.get('epochs', 0):g})" if metrics
+            else "started, no epoch finished yet")
+        out.append(dict(run=run.path.name, model=cfg.get("model"), train=cfg.get("train"), seed=cfg.get("seed"),
+                        status=status))
+    return out
+
+
+def read_expected(path: str | Path) -> list[tuple[str, str, int]]:
+    """Expected runs, one ``MODEL TRAIN SEED`` per line (``#`` starts a comment)."""
+    expected = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+            raise ReportError(f"{path}:{i}: expected 'MODEL TRAIN SEED', got {line.strip()!r}")
+        expected.append((parts[0], parts[1], int(parts[2])))
+    return expected
+
+
+def _number(v) -> float:
+    """Sort key of a depth or width that may be missing (None or NaN sort first)."""
+    return -1.0 if v is None or v != v else float(v)
+
+
+def aggregate(df):
+    """Model x what-trains x variant: mean and std (over seeds) of every number of a run."""
+    import pandas as pd
+
+    value_cols = [c for c in df.columns if c.startswith(("gamma_below_", "ablation_"))] + [
+        c for c in ("test_acc", "test_top5", "fraction_dead", "dead_with_negative_beta", "wall_seconds") if c in df]
+    groups = []
+    for (model, train, variant), g in df.groupby(["model", "train", "variant"], sort=False):
+        first = g.iloc[0]
+        row = dict(model=model, train=train, variant=variant, family=first["family"], depth=first["depth"],
+                   width=first["width"], n=len(g), seeds=",".join(str(s) for s in sorted(g["seed"])),
+                   n_analyzed=int(g["analyzed"].sum()), trainable_params=int(first["trainable_params"]),
+                   total_params=int(first["total_params"]), epochs=first["epochs"])
+        for c in value_cols:
+            values = g[c].dropna().astype(float)
+            row[f"{c}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{c}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        groups.append(row)
+    out = pd.DataFrame(groups)
+    out["_order"] = [(str(f), _number(w), _number(d), _spec_key(t), v)
+                     for f, w, d, t, v in zip(out["family"], out["width"], out["depth"], out["train"], out["variant"])]
+    return out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+def _label(train: str, variant: str) -> str:
+    return f"{train} [{variant}]" if variant else train
+
+
+def _colors(groups) -> dict[str, str]:
+    """One colour per what-trains spec (x variant), the same in every figure."""
+    labels = sorted({_label(t, v) for t, v in zip(groups["train"], groups["variant"])},
+                    key=lambda s: _spec_key(s.split(" [")[0]) + (s,))
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def _paper_style(source: str, series: str) -> dict:
+    """Star: the paper's own number; hollow markers: third-party numbers (diamonds for the port)."""
+    if source == "[paper]":
+        return dict(marker="*", ms=15)
+    return dict(marker="D" if "port" in series else "s", ms=6, mfc="none", mew=1.5)
+
+
+def _draw_paper(ax, points, colors):
+    """Published numbers as reference points, one dotted line per (source, series), labelled as such."""
+    series: dict[tuple, list] = {}
+    for x, p in points:
+        series.setdefault((p.source, p.series, p.train), []).append((x, p.value))
+    for (source, name, train), xy in sorted(series.items()):
+        xy.sort()
+        ax.plot([x for x, _ in xy], [100 * y for _, y in xy], ls=":" if len(xy) > 1 else "none",
+                color=colors.get(train, "0.35"), label=f"{source} {name} (published, CIFAR-10)",
+                **_paper_style(source, name))
+
+
+def _draw_groups(ax, groups, x_col: str, colors, lines: bool = True):
+    """This study's groups: mean ± std over seeds, one line (or marker set) per what-trains spec."""
+    for (train, variant), g in groups.groupby(["train", "variant"], sort=False):
+        g = g.sort_values(x_col)
+        label = _label(train, variant)
+        ax.errorbar(g[x_col], 100 * g["test_acc_mean"], yerr=100 * g["test_acc_std"].fillna(0), marker="o",
+                    ms=7, capsize=4, lw=2, ls="-" if lines else "none", color=colors[label],
+                    label=f"{label} (this study)")
+
+
+def _finish(ax, xlabel: str, title: str, legend_cols: int = 1):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=legend_cols)
+
+
+def _set_int_ticks(ax, values):
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def fig_accuracy_vs_depth(plt, groups, colors, path: Path) -> Path | None:
+    """One panel per (family, width) with at least two depths; the paper's numbers alongside."""
+    panels = [(k, g) for k, g in groups.groupby(["family", "width"], sort=True) if g["depth"].nunique() > 1]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.8 * len(panels)), squeeze=False)
+    for ax, ((family, width), g) in zip(axes[:, 0], panels):
+        _draw_groups(ax, g, "depth", colors)
+        depths = list(g["depth"])
+        if family == "cifar_resnet" and width == cifar_resnet.DEFAULT_WIDTH:
+            points = [(model_shape(p.model)[1], p) for p in paper.numbers("top1", "CIFAR-10") if p.model]
+            _draw_paper(ax, points, colors)
+            depths += [x for x, _ in points]
+        ax.set_xscale("log")
+        _set_int_ticks(ax, depths)
+        _finish(ax, "depth (layers, log scale)", f"Accuracy against depth: {family}, width {width}")
+    return _save(plt, fig, path)
+
+
+def fig_accuracy_vs_width(plt, groups, colors, path: Path) -> Path | None:
+    """One panel per (family, depth) with at least two widths (PAPER.md has no width numbers)."""
+    panels = [(k, g) for k, g in groups.groupby(["family", "depth"], sort=True) if g["width"].nunique() > 1]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.5 * len(panels)), squeeze=False)
+    for ax, ((family, depth), g) in zip(axes[:, 0], panels):
+        _draw_groups(ax, g, "width", colors)
+        ax.set_xscale("log", base=2)
+        _set_int_ticks(ax, g["width"])
+        _finish(ax, "width W (channels of the first stage, log scale)",
+                f"Accuracy against width: {family}, depth {depth}")
+    return _save(plt, fig, path)
+
+
+def fig_accuracy_vs_params(plt, groups, colors, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(10, 5))
+    _draw_groups(ax, groups, "trainable_params", colors, lines=False)
+    points = [(paper.trainable_params(p), p) for p in paper.numbers("top1", "CIFAR-10") if paper.trainable_params(p)]
+    _draw_paper(ax, points, colors)
+    ax.set_xscale("log")
+    _finish(ax, "trainable parameters (count, log scale)", "Accuracy against the number of trainable parameters")
+    return _save(plt, fig, path)
+
+
+def _pooled(analyses: list[dict], key: str) -> np.ndarray:
+    return np.concatenate([an._channels(a, key) for a in analyses]) if analyses else np.zeros(0)
+
+
+def fig_gamma_histograms(plt, df, analyses, colors, path: Path, max_panels: int = 4) -> Path | None:
+    """Per model: the γ of every spec that trains γ, pooled over seeds, and the initial γ."""
+    panels = []
+    for model, g in df[df["analyzed"]].groupby("model", sort=False):
+        trained = {}
+        for (train, variant), gs in g.groupby(["train", "variant"], sort=False):
+            runs = [analyses[r] for r in gs["run"]]
+            if any(np.any(an._channels(a, "gamma") != an._channels(a, "init_gamma")) for a in runs
+                   if "init_gamma" in a["layers"][0]["channels"]):
+                trained[_label(train, variant)] = runs
+        if trained:
+            panels.append((model, trained))
+    if not panels:
+        return None
+    panels.sort(key=lambda p: (-len(p[1]), p[0]))
+    panels = panels[:max_panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4 * len(panels)), squeeze=False)
+    for ax, (model, trained) in zip(axes[:, 0], panels):
+        values = {label: _pooled(runs, "gamma") for label, runs in trained.items()}
+        init = _pooled(next(iter(trained.values()))[:1], "init_gamma")
+        lo = min(v.min() for v in values.values())
+        hi = max(v.max() for v in values.values())
+        bins = np.linspace(min(lo, 0), max(hi, 1), 61)
+        ax.hist(init, bins=bins, weights=np.full(len(init), 100 / len(init)), histtype="stepfilled", color="0.85",
+                label="initialization (one run)")
+        for label, v in sorted(values.items(), key=lambda kv: _spec_key(kv[0].split(" [")[0])):
+            ax.hist(v, bins=bins, weights=np.full(len(v), 100 / len(v)), histtype="step", lw=2, color=colors[label],
+                    label=f"{label} ({len(trained[label])} run(s), {len(v)} features)")
+        ax.set_yscale("log")
+        ax.set(xlabel="γ (BatchNorm scale, unitless)", ylabel="share of the spec's features (%, log scale)",
+               title=f"Learned γ, {model}: specs that train γ")
+        ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _group_label(row) -> str:
+    return f"{row['model']}\n{_label(row['train'], row['variant'])}"
+
+
+def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) -> Path | None:
+    g = groups[groups["n_analyzed"] > 0]
+    if g.empty:
+        return None
+    x = np.arange(len(g))
+    shares = " / ".join(f"{100 * s:g}%" for s in sorted(set(dead_shares)))
+    blues = plt.get_cmap("Blues")
+    bars = [(f"|γ| < {t}", f"gamma_below_{t}", blues(0.35 + 0.55 * i / max(1, len(thresholds) - 1)))
+            for i, t in enumerate(thresholds)] + [(f"disabled (ReLU output zero for ≥ {shares} of test inputs)",
+                                                    "fraction_dead", "k")]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(g) + 2), 5.5))
+    for i, (label, col, color) in enumerate(bars):
+        ax.bar(x + i * width, 100 * g[f"{col}_mean"], width, yerr=100 * g[f"{col}_std"].fillna(0), capsize=3,
+               color=color, label=label)
+    claim = paper.numbers("fraction_disabled")[0]
+    ax.axhline(100 * claim.value, color="C3", ls="--", lw=1.5,
+               label=f"{claim.source} BN-only disables 'around a third'")
+    ax.set_xticks(x + 0.4 - width / 2, [_group_label(r) for _, r in g.iterrows()], fontsize=8)
+    highest = max(100 * (g[f"{col}_mean"] + g[f"{col}_std"].fillna(0)).max() for _, col, _ in bars)
+    ax.set(ylabel="BN features (%)", ylim=(0, min(100, max(40, 1.15 * highest))),
+           title="Small γ and disabled features (mean ± std over seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    return _save(plt, fig, path)
+
+
+def fig_ablation(plt, groups, path: Path) -> Path | None:
+    g = groups[groups["n_analyzed"] > 0]
+    if g.empty:
+        return None
+    x = np.arange(len(g))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(g) + 2), 5.5))
+    ax.bar(x, 100 * g["ablation_baseline_acc_mean"], width, color="C0", label="nothing zeroed")
+    ax.bar(x + width, 100 * g["ablation_disabled_zeroed_acc_mean"], width, color="C3", label="disabled features zeroed")
+    ax.bar(x + 2 * width, 100 * g["ablation_random_zeroed_acc_mean_mean"], width,
+           yerr=100 * g["ablation_random_zeroed_acc_std_mean"], capsize=3, color="C7",
+           label="as many random features zeroed (error bar: std over draws)")
+    ax.set_xticks(x + width, [_group_label(r) for _, r in g.iterrows()], fontsize=8)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="Ablation: zeroing disabled vs random BN features "
+                                                            "(mean over seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+def _pct(mean, std=math.nan, digits=1) -> str:
+    if mean is None or mean != mean:
+        return "–"
+    text = f"{100 * mean:.{digits}f}"
+    return text + (f" ± {100 * std:.{digits}f}" if std == std else "")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _setup_lines(configs: list[dict]) -> list[str]:
+    """The recipe the runs share, with the schedule in plain words."""
+    lines = []
+    for k in _SETUP_FIELDS:
+        values = sorted({json.dumps(c.get(k)) for c in configs})
+        lines.append(f"- `{k}`: " + " / ".join(f"`{_fmt_value(json.loads(v))}`" for v in values))
+    for epochs, sched, milestones in sorted({(c["epochs"], c["schedule_epochs"], tuple(c["milestones"]))
+                                             for c in configs}):
+        scaled = ", ".join(f"{m * epochs / sched:g}" for m in milestones)
+        if epochs < sched:
+            lines.append(f"- **The schedule is shortened**: {epochs:g} epochs instead of the recipe's {sched:g}, "
+                         f"same shape (lr ×{configs[0]['lr_gamma']:g} at epochs {scaled}, i.e. the recipe's "
+                         f"{', '.join(f'{m:g}' for m in milestones)} scaled by {epochs:g}/{sched:g}).")
+        else:
+            lines.append(f"- Schedule: {epochs:g} epochs, lr steps at epochs {scaled}.")
+    return lines
+
+
+def _paper_rows(groups) -> list[list]:
+    """Each published number next to this study's closest measurement, if any."""
+    rows = []
+    by = {(r["model"], r["train"]): r for _, r in groups.iterrows()}
+    for p in paper.PAPER_NUMBERS:
+        value = ("~" if p.approximate else "") + f"{100 * p.value:.1f}%" + (" top-5" if p.metric == "top5" else "")
+        here = "not run here"
+        if p.metric == "top1" and (p.model, p.train) in by:
+            r = by[(p.model, p.train)]
+            here = f"{_pct(r['test_acc_mean'], r['test_acc_std'])}% ({r['n']} seed(s), {r['epochs']:g} epochs)"
+        elif p.metric == "fraction_disabled":
+            found = [f"{m}: {_pct(r['fraction_dead_mean'], r['fraction_dead_std'])}%"
+                     for (m, t), r in by.items() if t == "bn" and r["n_analyzed"]]
+            here = "; ".join(found) or here
+        rows.append([p.claim, value, f"{p.source} {p.where}", here])
+    for claim, value, source in paper.CLAIMS:
+        here = "not measured here"
+        if claim.startswith("BN-only vs the same number"):
+            found = []
+            for (m, t), r in by.items():
+                randoms = [(t2, r2) for (m2, t2), r2 in by.items() if m2 == m and t2.startswith("random")]
+                if t == "bn" and randoms:
+                    found.append(f"{m}: bn {_pct(r['test_acc_mean'])}% vs "
+                                 + ", ".join(f"{t2} {_pct(r2['test_acc_mean'])}%" for t2, r2 in randoms))
+            here = "; ".join(found) or here
+        rows.append([claim, value, source, here])
+    return rows
+
+
+def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict],
+                    missing: list[tuple], note: str | None, command: str | None, thresholds: list[str]) -> str:
+    md = [f"# {title}", ""]
+    if note:
+        md += [note.strip(), ""]
+    md += ["## Runs", "",
+           f"{len(df)} finished run(s) gathered from `{root}`; together they trained for "
+           f"{_duration(df['wall_seconds'].sum())} "
+           f"(sum of each run's wall time, device(s): {', '.join(sorted(set(map(str, df['device']))))}).", ""]
+    if pending or missing:
+        md += [f"**Not finished yet: {len(pending) + len(missing)} run(s).** The tables and figures below "
+               "lack them.", ""]
+        md += [f"- `{p['model']} {p['train']} seed {p['seed']}`: {p['status']}" for p in pending]
+        md += [f"- `{m} {t} seed {s}`: not started" for m, t, s in missing]
+        md += [""]
+    md += ["Recipe of the runs gathered:", ""] + _setup_lines(configs) + [""]
+    if command:
+        md += ["Produced by:", "", "```", command, "```", ""]
+
+    md += ["## Accuracy per model × what trains", "",
+           "Test accuracy in %, mean ± std over seeds (std with one seed: none).", ""]
+    has_variant = bool(groups["variant"].str.len().max())
+    headers = ["model", "what trains"] + (["variant"] if has_variant else []) + [
+        "seeds", "top-1 (%)", "top-5 (%)", "trainable params", "of all params"]
+    rows = []
+    for _, r in groups.iterrows():
+        rows.append([r["model"], f"`{r['train']}`"] + ([r["variant"]] if has_variant else []) + [
+            r["seeds"], _pct(r["test_acc_mean"], r["test_acc_std"]), _pct(r["test_top5_mean"], r["test_top5_std"]),
+            f"{r['trainable_params']:,}", f"{100 * r['trainable_params'] / r['total_params']:.2f}%"])
+    md += [_table(headers, rows), ""]
+
+    md += ["## Against the published numbers", "",
+           "Published numbers are for full-length training (the paper's framework: 160 epochs) on the original "
+           "CIFAR-10 images; "
+           "[paper] = the paper's own text, [third-party] = others' reproductions (as PAPER.md marks them).", "",
+           _table(["claim", "published", "source", "this study"], _paper_rows(groups)), ""]
+
+    md += ["## Accuracy against depth, width and trainable parameters", ""]
+    md += _figure(figures, "depth", "Accuracy against depth. Lines with circles: this study (mean ± std over seeds). "
+                  "Stars and hollow diamonds: published numbers, drawn as reference points only.",
+                  "No depth sweep among these runs (each model family and width has a single depth).")
+    md += _figure(figures, "width", "Accuracy against width (PAPER.md's headline table has no width numbers to draw).",
+                  "No width sweep among these runs (each model family and depth has a single width).")
+    md += _figure(figures, "params", "Accuracy against the number of trainable parameters (log scale); published "
+                  "numbers placed at PAPER.md's parameter counts.", "")
+
+    md += ["## What BatchNorm learned", ""]
+    analyzed = groups[groups["n_analyzed"] > 0]
+    if analyzed.empty:
+        md += ["No run has an analysis.json yet: run `bnonly analyze RUNS_DIR` (or `bnonly report --analyze`).", ""]
+    else:
+        share = sorted(set(df["dead_share"].dropna()))
+        md += [f"A feature (one BN channel) is *disabled* when ReLU(BN output) is zero everywhere for at least "
+               f"{' / '.join(f'{100 * s:g}%' for s in share)} of test inputs (see the README's analysis section). "
+               f"Fractions in % of all BN features, mean ± std over seeds.", ""]
+        headers = ["model", "what trains", "runs"] + [f"\\|γ\\| < {t}" for t in thresholds] + [
+            "disabled", "disabled with β < 0", "acc", "disabled zeroed", "as many random zeroed"]
+        rows = []
+        for _, r in analyzed.iterrows():
+            rows.append([r["model"], f"`{_label(r['train'], r['variant'])}`", r["n_analyzed"]]
+                        + [_pct(r[f"gamma_below_{t}_mean"], r[f"gamma_below_{t}_std"]) for t in thresholds]
+                        + [_pct(r["fraction_dead_mean"], r["fraction_dead_std"]),
+                           _pct(r["dead_with_negative_beta_mean"]),
+                           _pct(r["ablation_baseline_acc_mean"]), _pct(r["ablation_disabled_zeroed_acc_mean"]),
+                           _pct(r["ablation_random_zeroed_acc_mean_mean"], r["ablation_random_zeroed_acc_std_mean"])])
+        md += [_table(headers, rows), "",
+               "Ablation columns: test accuracy (%) with nothing zeroed, with the disabled features' BN outputs "
+               "zeroed, and with as many randomly chosen BN features zeroed (mean ± std over the random draws, "
+               "averaged over seeds).", ""]
+        md += _figure(figures, "gamma", "Learned γ (log-scale counts), pooled over seeds, for every spec that trains "
+                      "γ, over the initial γ of one run.", "No analysed run trains γ.")
+        md += _figure(figures, "disabled", "Small-γ and disabled fractions per model × what trains; the dashed line "
+                      "is the paper's 'around a third' for BN-only.", "")
+        md += _figure(figures, "ablation", "Ablation: accuracy after zeroing the disabled features vs as many random "
+                      "ones.", "")
+    not_analyzed = df[~df["analyzed"]]
+    if len(not_analyzed):
+        md += [f"Not analysed yet ({len(not_analyzed)}): " + ", ".join(f"`{r}`" for r in not_analyzed["run"]), ""]
+    md += ["## Data files", "",
+           "- `runs.csv`, `runs.jsonl`: one row per run (`pd.read_json('runs.jsonl', lines=True)`).",
+           "- `groups.csv`: one row per model × what trains, `*_mean` / `*_std` over seeds.", ""]
+    return "\n".join(md)
+
+
+def _figure(figures: dict, key: str, caption: str, absent: str) -> list[str]:
+    path = figures.get(key)
+    if path is None:
+        return [absent, ""] if absent else []
+    return [f"![{caption}](figures/{path.name})", "", f"*{caption}*", ""]
+
+
+# --- the whole report ------------------------------------------------------------------------
+
+def make_report(root: str | Path, out: str | Path | None = None, *, title: str | None = None,
+                note: str | Path | None = None, expected: str | Path | None = None, analyze: bool = False,
+                analyze_options: dict | None = None, command: str | None = None, log=print) -> Path:
+    """Gather the finished runs below ``root`` and write the tables and report into ``out``."""
+    import pandas as pd
+
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a folder")
+    if analyze:
+        for path in an.finished_runs(root):
+            if not (path / an.ANALYSIS_FILE).exists():
+                log(f"analysing {path}")
+                an.analyze_run(path, **(analyze_options or {}))
+    rows, analyses, configs = collect(root)
+    if not rows:
+        raise ReportError(f"no finished runs below {root} (a finished run has summary.json with status 'done')")
+    df = pd.DataFrame(rows)
+    groups = aggregate(df)
+
+    pending = unfinished(root)
+    missing = []
+    if expected is not None:
+        have = {(r["model"], r["train"], r["seed"]) for r in rows} | {(p["model"], p["train"], p["seed"])
+                                                                     for p in pending}
+        missing = [e for e in read_expected(expected) if e not in have]
+
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "runs.csv", index=False)
+    df.to_json(out / "runs.jsonl", orient="records", lines=True)
+    groups.to_csv(out / "groups.csv", index=False)
+
+    thresholds = sorted({c[len("gamma_below_"):] for c in df.columns if c.startswith("gamma_below_")}, key=float)
+    plt = an.pyplot()
+    colors = _colors(groups)
+    fig_dir = out / "figures"
+    figures = {
+        "depth": fig_accuracy_vs_depth(plt, groups, colors, fig_dir / "accuracy_vs_depth.png"),
+        "width": fig_accuracy_vs_width(plt, groups, colors, fig_dir / "accuracy_vs_width.png"),
+        "params": fig_accuracy_vs_params(plt, groups, colors, fig_dir / "accuracy_vs_params.png"),
+        "gamma": fig_gamma_histograms(plt, df, analyses, colors, fig_dir / "gamma_histograms.png"),
+        "disabled": fig_disabled(plt, groups, thresholds, df.get("dead_share", pd.Series(dtype=float)).dropna(),
+                                 fig_dir / "disabled_fractions.png"),
+        "ablation": fig_ablation(plt, groups, fig_dir / "ablation.png"),
+    }
+    text = render_markdown(
+        title=title or f"bnonly report: {root.name}", root=root, df=df, groups=groups, figures=figures,
+        configs=configs, pending=pending, missing=missing, note=Path(note).read_text() if note else None,
+        command=command, thresholds=thresholds)
+    report = out / "report.md"
+    atomic_write_bytes(report, lambda f: f.write(text.encode()))
+    return report
+
+
+def cmd_report(args) -> int:
+    options = dict(data=args.data, device=args.device, threads=args.threads)
+    out = args.out or str(Path(args.runs_dir) / "report")
+    command = " ".join(["bnonly report", shlex.quote(args.runs_dir), "--out", shlex.quote(out)]
+                       + (["--title", shlex.quote(args.title)] if args.title else [])
+                       + (["--note", shlex.quote(args.note)] if args.note else [])
+                       + (["--expected", shlex.quote(args.expected)] if args.expected else [])
+                       + (["--analyze"] if args.analyze else []))
+    report = make_report(args.runs_dir, out, title=args.title, note=args.note, expected=args.expected,
+                         analyze=args.analyze, analyze_options=options, command=command)
+    import pandas as pd
+
+    for _, r in pd.read_csv(report.parent / "groups.csv", keep_default_na=False, na_values=[""]).iterrows():
+        acc = _pct(r["test_acc_mean"], r["test_acc_std"])
+        print(f"{r['model']:<22} {r['train']:<24} seeds {r['seeds']!s:<6} top-1 {acc}%")
+    print(f"report: {report}")
+    return 0
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="gather finished runs into tables and a Markdown report with figures",
+        description="Finds every finished run below RUNS_DIR and writes runs.csv, runs.jsonl, groups.csv, "
+                    "report.md and figures/ into --out.")
+    p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report)")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--note", default=None, help="Markdown file placed under the title (context, discussion)")
+    p.add_argument("--expected", default=None,
+                   help="file of expected runs, one 'MODEL TRAIN SEED' per line: the report lists those missing")
+    p.add_argument("--analyze", action="store_true",
+                   help="first run `bnonly analyze` (default options) on finished runs that lack analysis.json")
+    p.add_argument("--data", default=None, help="with --analyze: dataset path, if it moved since training")
+    p.add_argument("--device", default="cpu", help="with --analyze: device (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="with --analyze: CPU threads for torch")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,244 @@
+"""Analysis of what BatchNorm learned: statistics, disabled features and ablation, on models
+whose answer is known because γ and β are set by hand, then on real (tiny) runs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnonly.analysis import (AnalysisError, OffCounter, analyze_model, analyze_run, describe, fraction_below,
+                             random_masks, zeroed_features)
+from bnonly.cli import main
+from bnonly.config import TrainConfig
+from bnonly.models import create_model
+from bnonly.training import train
+
+TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=128,test=64,classes=4,size=16", batch_size=32,
+            epochs=2, augment="none", progress=False, device="cpu", threads=1)
+
+
+class Batches:
+    """A fixed list of (x, y) batches, shaped like a BatchSource for ``evaluate``."""
+
+    def __init__(self, x, y, batch_size=50):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.num_examples = len(y)
+
+    def batches(self, epoch, start=0):
+        for i in range(0, len(self.y), self.batch_size):
+            yield self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
+
+
+class HandSet(nn.Module):
+    """BN(4 channels) -> ReLU -> spatial mean -> linear, with γ, β and the classifier set by hand.
+
+    ch0: γ=1, β=0     informative: the label is (its pooled ReLU output > 0.25)
+    ch1: γ=0.001, β=-1  output ≈ -1 everywhere: disabled, |γ| < 0.01
+    ch2: γ=0, β=0.5    constant +0.5: small γ but active, feeds the classifier's bias
+    ch3: γ=0.04, β=-0.5 output < 0 unless x > 12.5: disabled, 0.01 <= |γ| < 0.05
+    """
+
+    def __init__(self, affine=True):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4, affine=affine, eps=0.0)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            if affine:
+                self.bn.weight.copy_(torch.tensor([1.0, 0.001, 0.0, 0.04]))
+                self.bn.bias.copy_(torch.tensor([0.0, -1.0, 0.5, -0.5]))
+            self.fc.weight.copy_(torch.tensor([[0.0, 3.0, 0.0, 3.0], [4.0, 3.0, -2.0, 3.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.relu(self.bn(x)).mean((2, 3)))
+
+
+def hand_set_data(n=400, seed=0):
+    x = torch.randn(n, 4, 2, 2, generator=torch.Generator().manual_seed(seed))
+    model = HandSet().eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # the labels are the model's own answers: baseline accuracy 1
+    return x, y
+
+
+def test_describe_and_fraction_below_known_values():
+    s = describe(torch.arange(101.0))
+    assert (s["n"], s["mean"], s["median"], s["min"], s["max"]) == (101, 50.0, 50.0, 0.0, 100.0)
+    assert (s["q05"], s["q25"], s["q75"], s["q95"]) == (5.0, 25.0, 75.0, 95.0)
+    assert s["std"] == pytest.approx(math.sqrt((101 ** 2 - 1) / 12))  # population std of 0..100
+    g = torch.tensor([0.0, 0.005, -0.03, 0.07, 0.5, -0.2, 0.01, 1.0])
+    assert fraction_below(g, (0.01, 0.05, 0.1)) == {"0.01": 2 / 8, "0.05": 4 / 8, "0.1": 5 / 8}  # strict <
+    assert describe(torch.zeros(0))["mean"] is None
+
+
+def test_hand_set_model_statistics_disabled_features_and_ablation():
+    x, y = hand_set_data()
+    model = HandSet().eval()
+    init = {"bn.weight": torch.ones(4), "bn.bias": torch.zeros(4)}
+    a = analyze_model(model, Batches(x, y), init_state=init, draws=6, seed=0)
+
+    assert a["n_features"] == 4 and a["n_layers"] == 1
+    assert a["fraction_gamma_below"] == {"0.01": 0.5, "0.05": 0.75, "0.1": 0.75}
+    layer = a["layers"][0]
+    expected_off0 = (x[:, 0] <= 0).flatten(1).all(1).double().mean().item()
+    assert layer["channels"]["off_share"] == pytest.approx([expected_off0, 1.0, 0.0, 1.0], abs=1e-6)
+    assert 0 < expected_off0 < 0.2  # ch0 is all-negative on some inputs, far from 99%
+    assert a["n_dead"] == 2 and a["fraction_dead"] == 0.5 and layer["n_dead"] == 2
+    rel = a["dead_relation"]
+    assert rel["fraction_of_dead_with_gamma_below"] == {"0.01": 0.5, "0.05": 1.0, "0.1": 1.0}
+    assert rel["fraction_of_gamma_below_that_are_dead"] == {"0.01": 0.5, "0.05": pytest.approx(2 / 3),
+                                                          "0.1": pytest.approx(2 / 3)}
+    assert rel["fraction_of_dead_with_negative_beta"] == 1.0
+    assert rel["fraction_of_alive_with_negative_beta"] == 0.0
+    assert a["overall"]["init_gamma"]["mean"] == 1.0 and a["overall"]["beta"]["min"] == -1.0
+    assert layer["gamma"]["max"] == 1.0 and layer["channels"]["gamma"] == pytest.approx([1.0, 0.001, 0.0, 0.04])
+
+    ab = a["ablation"]
+    assert a["test"]["test_acc"] == 1.0 and ab["baseline_acc"] == 1.0
+    assert ab["n_zeroed"] == 2 and ab["n_features"] == 4 and len(ab["random_zeroed_acc"]) == 6
+    assert ab["disabled_zeroed_acc"] == 1.0  # the disabled features carried nothing
+    assert ab["random_zeroed_acc_mean"] < 0.9  # zeroing ch0 or ch2 costs accuracy
+    assert ab["random_zeroed_acc_mean"] == pytest.approx(np.mean(ab["random_zeroed_acc"]))
+    assert ab["random_zeroed_acc_std"] == pytest.approx(np.std(ab["random_zeroed_acc"], ddof=1))
+    again = analyze_model(model, Batches(x, y), draws=6, seed=0)["ablation"]
+    assert again["random_zeroed_acc"] == ab["random_zeroed_acc"]  # seeded draws
+    assert json.loads(json.dumps(a)) == a  # analysis.json-ready
+
+
+def test_dead_share_threshold_is_configurable():
+    x, y = hand_set_data()
+    a = analyze_model(HandSet().eval(), Batches(x, y), dead_share=0.01, draws=2)
+    assert a["n_dead"] == 3  # ch0 (all-negative on a few inputs) now counts too
+    assert a["options"]["dead_share"] == 0.01
+
+
+def test_bn_without_affine_counts_as_gamma_one_and_nothing_disabled_zeroes_nothing():
+    x, _ = hand_set_data()
+    model = HandSet(affine=False).eval()
+    y = model(x).argmax(1)
+    a = analyze_model(model, Batches(x, y), draws=3)
+    assert a["fraction_gamma_below"] == {"0.01": 0.0, "0.05": 0.0, "0.1": 0.0}
+    assert a["overall"]["gamma"]["min"] == 1.0 and a["overall"]["beta"]["max"] == 0.0
+    assert a["n_dead"] == 0
+    ab = a["ablation"]
+    assert ab["n_zeroed"] == 0 and ab["disabled_zeroed_acc"] == ab["baseline_acc"] == ab["random_zeroed_acc_mean"]
+
+
+def test_model_without_batchnorm_is_an_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    x = torch.randn(8, 4, 2, 2)
+    with pytest.raises(AnalysisError, match="no BatchNorm"):
+        analyze_model(model, Batches(x, torch.zeros(8, dtype=torch.long)))
+
+
+def test_batchnorm1d_features():
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([0.0, -5.0, 5.0]))
+        model[0].weight.fill_(1.0)
+    x = torch.randn(100, 3, generator=torch.Generator().manual_seed(1))
+    with OffCounter([("0", model[0])]) as counter:
+        model(x)
+    share = counter.shares()["0"]
+    assert share[0] == pytest.approx((x[:, 0] <= 0).double().mean().item())
+    assert share[1] == 1.0 and share[2] == 0.0
+
+
+def test_zeroed_features_zero_exactly_the_masked_channels_and_clean_up():
+    model = create_model("cifar_resnet_8_8", 4).eval()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    seen = {}  # what the first block receives: ReLU(stem BN output)
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.__setitem__("out", args[0]))
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[1, 5]] = True
+    with torch.no_grad():
+        plain = model(x)
+        before = seen["out"].clone()
+        with zeroed_features(model, {"bn": mask}):
+            model(x)
+            zeroed = seen["out"].clone()
+        assert torch.equal(model(x), plain)  # the hook is gone
+    assert torch.all(zeroed[:, mask] == 0)
+    assert torch.equal(zeroed[:, ~mask], before[:, ~mask])
+
+
+def test_random_masks_draw_exactly_n_features_reproducibly():
+    sizes = {"a": 8, "b": 16, "c": 4}
+    m1 = random_masks(sizes, 10, np.random.default_rng(3))
+    m2 = random_masks(sizes, 10, np.random.default_rng(3))
+    assert sum(int(m.sum()) for m in m1.values()) == 10
+    assert {k: m.numel() for k, m in m1.items()} == sizes
+    assert all(torch.equal(m1[k], m2[k]) for k in sizes)
+
+
+def test_stem_feature_disabled_by_hand_in_a_real_resnet_is_found_and_free_to_zero():
+    """The stem BN feeds a ReLU directly: a channel with γ=0, β=-1 is off for every input, and
+    zeroing it leaves every logit unchanged."""
+    model = create_model("cifar_resnet_8_8", 4).eval()
+    with torch.no_grad():
+        model.bn.weight[3], model.bn.bias[3] = 0.0, -1.0
+    x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    a = analyze_model(model, Batches(x, y, 32), draws=2)
+    stem = next(layer for layer in a["layers"] if layer["name"] == "bn")
+    assert stem["channels"]["off_share"][3] == 1.0
+    with torch.no_grad(), zeroed_features(model, {"bn": torch.arange(8) == 3}):
+        assert torch.equal(model(x).argmax(1), y)
+    assert a["test"]["test_acc"] == 1.0
+
+
+def tiny_run(tmp_path, **kw):
+    return train(TrainConfig(**{**TINY, "out": str(tmp_path / "runs"), **kw}), log=lambda *_: None)
+
+
+def test_analyze_a_finished_run_writes_json_and_figures(tmp_path):
+    summary = tiny_run(tmp_path, train="bn")
+    run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
+    a = analyze_run(run_dir, draws=2)
+    stored = json.loads((run_dir / "analysis.json").read_text())
+    assert stored == json.loads(json.dumps(a))
+    for key in ("fraction_gamma_below", "fraction_dead", "ablation"):
+        assert key in stored
+    assert set(stored["ablation"]) >= {"baseline_acc", "disabled_zeroed_acc", "random_zeroed_acc_mean",
+                                       "random_zeroed_acc_std", "n_zeroed"}
+    # Same evaluation as training's: the baseline is the run's own test accuracy.
+    assert stored["ablation"]["baseline_acc"] == summary["test_acc"] == stored["summary_test_acc"]
+    assert stored["n_features"] == summary["bn_params"] // 2
+    init = torch.load(run_dir / "init.pt")
+    assert stored["overall"]["init_gamma"]["mean"] == pytest.approx(
+        torch.cat([init[f"{layer['name']}.weight"] for layer in stored["layers"]]).double().mean().item())
+    pngs = sorted(p.name for p in run_dir.glob("analysis_*.png"))
+    assert pngs == ["analysis_ablation.png", "analysis_gamma_beta.png", "analysis_gamma_vs_beta.png",
+                    "analysis_layers.png"]
+    assert all((run_dir / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    mtime = (run_dir / "analysis.json").stat().st_mtime_ns
+    assert analyze_run(run_dir, draws=2)["seconds"] == stored["seconds"]  # same options: reused
+    assert (run_dir / "analysis.json").stat().st_mtime_ns == mtime
+
+
+def test_analyze_cli_on_a_folder_of_runs_including_a_no_affine_run(tmp_path, capsys):
+    tiny_run(tmp_path, train="all", bn_affine=False)
+    tiny_run(tmp_path, train="output", epochs=1)
+    assert main(["analyze", str(tmp_path / "runs"), "--draws", "2", "--thresholds", "0.05", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("analysis.json") == 2 and "disabled" in out
+    results = {json.loads(p.read_text())["train"]: json.loads(p.read_text())
+               for p in (tmp_path / "runs").glob("*/analysis.json")}
+    assert results["all"]["fraction_gamma_below"] == {"0.05": 0.0}  # γ fixed at 1
+    assert results["all"]["overall"]["gamma"]["min"] == 1.0
+    # 'output' trains no BN: γ is still its initial U[0, 1] draw.
+    layers = results["output"]["layers"]
+    assert all(layer["channels"]["gamma"] == layer["channels"]["init_gamma"] for layer in layers)
+    assert not list((tmp_path / "runs").glob("*/analysis_*.png"))
+
+
+def test_analyze_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path), "--thresholds", "a,b"]) == 2
+    assert "--thresholds" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""The report is generated here (and so in CI) from a few tiny runs: tables, figures, paper numbers."""
+
+import json
+import statistics
+
+import pandas as pd
+import pytest
+
+from bnonly import paper_numbers as paper
+from bnonly.cli import main
+from bnonly.config import TrainConfig
+from bnonly.models import create_model
+from bnonly.report import ReportError, make_report, model_shape, read_expected
+from bnonly.rundir import atomic_write_json
+from bnonly.trainable import bn_param_count
+from bnonly.training import train
+
+# Shortened like the reproduction: 2 epochs of the 160-epoch recipe's shape.
+TINY = dict(data="synthetic:train=128,test=64,classes=4,size=16", batch_size=32, epochs=2, augment="none",
+            progress=False, device="cpu", threads=1)
+RUNS = [("cifar_resnet_8_8", "bn", 0), ("cifar_resnet_8_8", "bn", 1), ("cifar_resnet_8_8", "all", 0),
+        ("cifar_resnet_8_8", "random:matched", 0), ("cifar_resnet_14_8", "bn", 0), ("cifar_resnet_8_16", "bn", 0)]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    runs = root / "runs"
+    summaries = [train(TrainConfig(**TINY, model=m, train=t, seed=s, out=str(runs)), log=lambda *_: None)
+                 for m, t, s in RUNS]
+    # An unfinished run (config written, no summary) and an expected one never started.
+    pending = TrainConfig(**TINY, model="cifar_resnet_8_8", train="output", seed=0, out=str(runs))
+    atomic_write_json(runs / pending.run_name / "config.json", pending.to_dict())
+    expected = root / "expected.txt"
+    expected.write_text("# model train seed\n" + "".join(f"{m} {t} {s}\n" for m, t, s in RUNS)
+                        + "cifar_resnet_8_8 output 0\ncifar_resnet_20_8 bn 0  # not started\n")
+    note = root / "note.md"
+    note.write_text("A note on **how** these runs were made.\n")
+    out = root / "out"
+    report = make_report(runs, out, title="Tiny report", note=note, expected=expected, analyze=True,
+                         analyze_options=dict(draws=2, figures=False), log=lambda *_: None)
+    return dict(root=root, runs=runs, out=out, report=report, summaries=summaries)
+
+
+def test_tables_hold_every_run_and_seed_statistics(reported):
+    out, summaries = reported["out"], reported["summaries"]
+    df = pd.read_csv(out / "runs.csv")
+    assert len(df) == len(RUNS) and df["analyzed"].all()
+    assert sorted(df["test_acc"]) == sorted(s["test_acc"] for s in summaries)
+    jl = pd.read_json(out / "runs.jsonl", lines=True)
+    assert list(jl.columns) == list(df.columns) and len(jl) == len(df)
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False, na_values=[""])
+    bn8 = groups[(groups["model"] == "cifar_resnet_8_8") & (groups["train"] == "bn")].iloc[0]
+    accs = [s["test_acc"] for s in summaries if s["model"] == "cifar_resnet_8_8" and s["train"] == "bn"]
+    assert bn8["n"] == 2 and bn8["seeds"] == "0,1"
+    assert bn8["test_acc_mean"] == pytest.approx(statistics.mean(accs))
+    assert bn8["test_acc_std"] == pytest.approx(statistics.stdev(accs))
+    assert bn8["trainable_params"] == bn_param_count(create_model("cifar_resnet_8_8", 4))
+    analyses = [json.loads(p.read_text()) for p in reported["runs"].glob("cifar_resnet_8_8.bn.*/analysis.json")]
+    assert bn8["fraction_dead_mean"] == pytest.approx(statistics.mean(a["fraction_dead"] for a in analyses))
+    # Order: all before bn before the random baseline.
+    assert list(groups[groups["model"] == "cifar_resnet_8_8"]["train"]) == ["all", "bn", "random:matched"]
+
+
+def test_report_markdown_and_figures(reported):
+    out, text = reported["out"], reported["report"].read_text()
+    assert text.startswith("# Tiny report\n\nA note on **how** these runs were made.")
+    for name in ("accuracy_vs_depth", "accuracy_vs_width", "accuracy_vs_params", "gamma_histograms",
+                 "disabled_fractions", "ablation"):
+        png = out / "figures" / f"{name}.png"
+        assert f"](figures/{name}.png)" in text
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
+    assert "**The schedule is shortened**: 2 epochs instead of the recipe's 160" in text
+    assert "lr ×0.1 at epochs 1, 1.5" in text
+    # Unfinished and never-started runs are named.
+    assert "`cifar_resnet_8_8 output seed 0`: started, no epoch finished yet" in text
+    assert "`cifar_resnet_20_8 bn seed 0`: not started" in text
+    assert "Not finished yet: 2 run(s)" in text
+    # Published numbers appear with their source; the bn vs random comparison is filled in.
+    assert "| deep ResNet, CIFAR-10, BN-only (ResNet-866) | 82.0% | [paper] abstract | not run here |" in text
+    assert "cifar_resnet_8_8: bn " in text and "vs random:matched" in text
+    assert "| cifar_resnet_8_8 | `bn` | 0,1 |" in text
+
+
+def test_report_cli_and_errors(reported, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["report", str(reported["runs"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cifar_resnet_8_8" in printed and f"report: {out / 'report.md'}" in printed
+    assert f"bnonly report {reported['runs']} --out {out}" in (out / "report.md").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+    with pytest.raises(ReportError, match="MODEL TRAIN SEED"):
+        bad = tmp_path / "bad.txt"
+        bad.write_text("cifar_resnet_14 bn\n")
+        read_expected(bad)
+
+
+def test_report_without_analyses_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, model="cifar_resnet_8_8", train="bn", out=str(runs))
+    train(cfg, log=lambda *_: None)
+    text = make_report(runs, tmp_path / "out").read_text()
+    assert "No run has an analysis.json yet" in text
+    assert "No depth sweep among these runs" in text and "Not analysed yet (1)" in text
+
+
+def test_model_shape():
+    assert model_shape("cifar_resnet_14") == ("cifar_resnet", 14, 16)
+    assert model_shape("cifar_resnet_14_64") == ("cifar_resnet", 14, 64)
+    assert model_shape("imagenet_resnet_50") == ("imagenet_resnet", 50, 64)
+    assert model_shape("cifar_vgg_16") == ("cifar_vgg", 16, None)
+    assert model_shape("mynet") == ("mynet", None, None)
+
+
+def test_paper_numbers_are_sourced_and_match_the_parameter_table():
+    assert all(p.source in ("[paper]", "[third-party]") and 0 < p.value < 1 for p in paper.PAPER_NUMBERS)
+    assert paper.numbers("top1", "CIFAR-10")[0].value == 0.82
+    port = [p.value for p in paper.PAPER_NUMBERS if "port" in p.series]
+    assert port == [0.467, 0.513, 0.552, 0.652, 0.701, 0.737, 0.778]
+    for name in ("cifar_resnet_14", "cifar_resnet_110"):
+        model = create_model(name, device="meta")
+        assert paper.PARAM_COUNTS[name]["bn"] == bn_param_count(model)
+        assert paper.PARAM_COUNTS[name]["all"] == sum(p.numel() for p in model.parameters())
