@@ -14,7 +14,7 @@ from . import config as cfgmod
 
 
 # Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
-EXTRA_SUBCOMMANDS: list[str] = []
+EXTRA_SUBCOMMANDS: list[str] = ["bnonly.analysis", "bnonly.report", "bnonly.sweep", "bnonly.bench"]
 
 
 class UserError(Exception):
@@ -39,23 +39,33 @@ def config_from_args(args: argparse.Namespace) -> cfgmod.TrainConfig:
 
 
 def cmd_train(args) -> int:
-    from .training import EXIT_INTERRUPTED, Interrupted, TrainingFailed, train
+    from .rundir import RunLocked
+    from .training import EXIT_INTERRUPTED, EXIT_LOCKED, Interrupted, TrainingFailed, train
 
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    # Under torchrun only rank 0 reports.
+    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
     try:
+        if args.nproc > 1:  # rank 0 of the launched processes reports
+            from .distributed import launch
+
+            return launch(cfg, args.nproc)
         summary = train(cfg)
     except Interrupted as e:
-        print(f"interrupted ({e}); checkpoint saved, run the same command again to resume", file=sys.stderr)
+        say(f"interrupted ({e}); checkpoint saved, run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RunLocked as e:
+        say(f"bnonly train: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except TrainingFailed as e:
-        print(f"run failed: {e} (recorded in summary.json)", file=sys.stderr)
+        say(f"run failed: {e} (recorded in summary.json)", file=sys.stderr)
         return 1
-    print(f"test_acc {summary['test_acc']:.4f}  test_top5 {summary['test_top5']:.4f}  "
-          f"trainable {summary['trainable_params']:,}/{summary['total_params']:,}  "
-          f"{summary['wall_seconds']:.0f} s  {summary['images_per_second']:.0f} img/s  -> {summary['run_dir']}")
+    say(f"test_acc {summary['test_acc']:.4f}  test_top5 {summary['test_top5']:.4f}  "
+        f"trainable {summary['trainable_params']:,}/{summary['total_params']:,}  "
+        f"{summary['wall_seconds']:.0f} s  {summary['images_per_second']:.0f} img/s  -> {summary['run_dir']}")
     return 0
 
 
@@ -96,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help=f"recipe to start from: {', '.join(cfgmod.PRESETS)} (default: cifar10)")
     p.add_argument("--config", default=None, help="YAML/JSON file of config fields (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train with N processes on this machine (starts torchrun; one GPU each, or gloo on CPU)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 

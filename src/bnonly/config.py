@@ -45,6 +45,7 @@ class TrainConfig:
     # Optimization.
     epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)")
     batch_size: int = _f(128, "global batch size (split across ranks when distributed)")
+    sync_bn: bool = _f(False, "with several processes, BatchNorm statistics over the global batch (default: each process's batch_size/N images)")
     lr: float = _f(0.1, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "weight decay on every trainable tensor")
@@ -59,6 +60,7 @@ class TrainConfig:
     channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device)")
     bf16: Optional[bool] = _f(None, "bf16 autocast (default: on for CUDA, off for CPU, where it measured slower)")
     compile: bool = _f(False, "torch.compile the model")
+    checkpoint_activations: int = _f(0, "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward (0: off; about sqrt(blocks) saves most)")
     num_workers: int = _f(4, "DataLoader workers for streamed (ImageNet-style) data")
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)")
     cache_dir: Optional[str] = _f(None, "where decoded image folders are cached (default $BNONLY_CACHE or ~/.cache/bnonly)")
@@ -90,7 +92,8 @@ class TrainConfig:
         return self.seed if self.selection_seed is None else self.selection_seed
 
 
-IDENTITY_EXCLUDED = frozenset({"device", "num_workers", "threads", "cache_dir", "progress", "out", "compile"})
+IDENTITY_EXCLUDED = frozenset({"device", "num_workers", "threads", "cache_dir", "progress", "out", "compile",
+                               "checkpoint_activations"})
 FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 PRESETS: dict[str, dict[str, Any]] = {

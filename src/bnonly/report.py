@@ -103,7 +103,9 @@ def _variants(configs: list[dict]) -> list[str]:
 
 
 def _fmt_value(v) -> str:
-    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    if isinstance(v, list):
+        return ",".join(map(_fmt_value, v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def unfinished(root: str | Path) -> list[dict]:
@@ -225,16 +227,22 @@ def _set_int_ticks(ax, values):
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _has_paper_depths(family: str, width) -> bool:
+    """PAPER.md's CIFAR-10 numbers are for CIFAR ResNets of the default width."""
+    return family == "cifar_resnet" and width == cifar_resnet.DEFAULT_WIDTH
+
+
 def fig_accuracy_vs_depth(plt, groups, colors, path: Path) -> Path | None:
-    """One panel per (family, width) with at least two depths; the paper's numbers alongside."""
-    panels = [(k, g) for k, g in groups.groupby(["family", "width"], sort=True) if g["depth"].nunique() > 1]
+    """One panel per (family, width) with at least two depths, or with published numbers to compare."""
+    panels = [(k, g) for k, g in groups.groupby(["family", "width"], sort=True)
+              if g["depth"].nunique() > 1 or _has_paper_depths(*k)]
     if not panels:
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.8 * len(panels)), squeeze=False)
     for ax, ((family, width), g) in zip(axes[:, 0], panels):
         _draw_groups(ax, g, "depth", colors)
         depths = list(g["depth"])
-        if family == "cifar_resnet" and width == cifar_resnet.DEFAULT_WIDTH:
+        if _has_paper_depths(family, width):
             points = [(model_shape(p.model)[1], p) for p in paper.numbers("top1", "CIFAR-10") if p.model]
             _draw_paper(ax, points, colors)
             depths += [x for x, _ in points]
@@ -473,7 +481,8 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     md += ["## Accuracy against depth, width and trainable parameters", ""]
     md += _figure(figures, "depth", "Accuracy against depth. Lines with circles: this study (mean ± std over seeds). "
                   "Stars and hollow diamonds: published numbers, drawn as reference points only.",
-                  "No depth sweep among these runs (each model family and width has a single depth).")
+                  "No depth sweep among these runs (each model family and width has a single depth), and no "
+                  "published numbers for their family and width.")
     md += _figure(figures, "width", "Accuracy against width (PAPER.md's headline table has no width numbers to draw).",
                   "No width sweep among these runs (each model family and depth has a single width).")
     md += _figure(figures, "params", "Accuracy against the number of trainable parameters (log scale); published "

@@ -6,14 +6,23 @@ Layout of ``OUT/<run_name>/``::
     metrics.jsonl    one JSON object per evaluation
     summary.json     written last; its presence with status "done" marks a finished run
     init.pt, final.pt  plain state_dicts (architecture keys, effective weights)
-    checkpoint.pt    latest resumable state; checkpoint.prev.pt the one before it
+    checkpoint.pt    latest resumable state; checkpoint.prev.pt the one before it. Each starts with
+                     a SHA-256 of its content, so a damaged file is detected (torch.load alone
+                     silently loads flipped bytes), reported, renamed *.corrupt, and the older one used
+    lock             flock-ed by the process training the run (holder's host and pid inside)
+    train.log        output of the run's launches by ``bnonly sweep``
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import io
 import json
 import os
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +31,13 @@ import torch
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be read."""
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run's lock: it is training this run right now."""
+
+
+CHECKPOINT_MAGIC = b"bnonly-checkpoint sha256="
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -65,6 +81,8 @@ class RunDir:
     final_weights = property(lambda self: self.path / "final.pt")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
     previous_checkpoint = property(lambda self: self.path / "checkpoint.prev.pt")
+    lock_file = property(lambda self: self.path / "lock")
+    log = property(lambda self: self.path / "train.log")
 
     def read_summary(self) -> dict | None:
         return read_json(self.summary)
@@ -87,26 +105,95 @@ class RunDir:
         self.write_metrics(self.read_metrics() + [row])
 
     def save_checkpoint(self, state: dict) -> None:
-        """Keep the previous checkpoint so a corrupt latest one can fall back to it."""
+        """Keep the previous checkpoint so a corrupt latest one can fall back to it.
+
+        A kill at any moment leaves a usable file: the old latest is renamed to .prev first,
+        and the new one appears only once completely written (atomic rename).
+        """
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getbuffer()
+        header = CHECKPOINT_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
         if self.checkpoint.exists():
             os.replace(self.checkpoint, self.previous_checkpoint)
-        atomic_torch_save(self.checkpoint, state)
+        atomic_write_bytes(self.checkpoint, lambda f: (f.write(header), f.write(data)))
 
-    def load_checkpoint(self, map_location="cpu") -> tuple[dict | None, list[str]]:
-        """The newest readable checkpoint (or None), and warnings about unreadable ones."""
-        warnings = []
+    def load_checkpoint(self, map_location="cpu", quarantine: bool = False) -> tuple[dict | None, list[str]]:
+        """The newest readable checkpoint (or None), and messages about the unreadable ones skipped.
+
+        With ``quarantine`` (the process that writes the run), a skipped file is renamed
+        ``*.corrupt`` once an older one loaded, so the next save cannot rotate it into
+        checkpoint.prev.pt over the good one. If none loads, nothing is renamed and CheckpointError
+        says so: the run never silently starts over.
+        """
+        warnings, unreadable = [], []
         for path in (self.checkpoint, self.previous_checkpoint):
             if not path.exists():
                 continue
             try:
-                state = torch.load(path, map_location=map_location, weights_only=False)
-                if not isinstance(state, dict) or "step" not in state:
-                    raise CheckpointError("not a bnonly checkpoint")
-                return state, warnings
+                state = _read_checkpoint(path, map_location)
             except Exception as e:  # noqa: BLE001 - any unreadable file falls back to the older one
-                warnings.append(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying an older one")
+                warnings.append(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})")
+                unreadable.append(path)
+                continue
+            for bad in unreadable if quarantine else ():
+                os.replace(bad, bad.with_name(bad.name + ".corrupt"))
+            if path == self.previous_checkpoint:
+                if not warnings:  # the rotation happened, the new file never appeared
+                    warnings.append(f"{self.checkpoint.name} is missing (a launch was killed while writing it)")
+                warnings.append(f"resuming from the older checkpoint {path.name} (step {state['step']})")
+            return state, warnings
         if warnings:
             raise CheckpointError(
                 "every checkpoint in " + str(self.path) + " is unreadable: " + "; ".join(warnings)
                 + ". Delete the run folder to start over.")
         return None, warnings
+
+    @contextmanager
+    def lock(self):
+        """Hold the run's lock while training it, so two launches (two sweeps over one folder, a
+        sweep and a ``bnonly train``) never train one run at once. flock: the OS releases it
+        when the holder dies, so a crash never leaves a stale lock. Raises RunLocked if held."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunLocked(f"run {self.path} is being trained by another process ({holder or 'unknown'})") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+            for stale in self.path.glob(".*.tmp"):  # left by a process killed mid-write; nobody else writes now
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            os.close(fd)
+
+    def is_locked(self) -> bool:
+        """Whether some process is training this run right now."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+def _read_checkpoint(path: Path, map_location) -> dict:
+    data = path.read_bytes()
+    if data.startswith(CHECKPOINT_MAGIC):
+        header, _, data = data.partition(b"\n")
+        if hashlib.sha256(data).hexdigest().encode() != header[len(CHECKPOINT_MAGIC):]:
+            raise CheckpointError("SHA-256 mismatch: the file was damaged after it was written")
+    # Files without the header come from before checksums; torch.load still catches truncation.
+    state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError("not a bnonly checkpoint")
+    return state

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import config as cfgmod
+from . import distributed, speed
 from .data import make_batches, open_dataset
 from .models import create_model
 from .rundir import RunDir, atomic_torch_save, atomic_write_json
@@ -26,11 +28,20 @@ from .trainable import (TrainableEntries, bn_param_count, configure, output_laye
                         trainable_parameters)
 
 EXIT_INTERRUPTED = 75
-"""Process exit code after SIGINT/SIGTERM: a checkpoint was saved, launch again to resume."""
+"""Process exit code after SIGINT/SIGTERM/SIGUSR2: a checkpoint was saved, launch again to resume."""
+EXIT_LOCKED = 73
+"""Process exit code when another process is training the same run right now (it holds the lock)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+"""Signals that stop training at the next step with a checkpoint. SIGUSR2 is what Slurm sends
+(through submitit) before a time limit or preemption."""
 
 
 class Interrupted(Exception):
-    """Training stopped by a signal after saving a checkpoint."""
+    """Training stopped by a signal after saving a checkpoint; ``signal_name`` says which."""
+
+    def __init__(self, message: str, signal_name: str | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 class TrainingFailed(RuntimeError):
@@ -104,15 +115,22 @@ def build(cfg: cfgmod.TrainConfig) -> Built:
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    speed.prepare(model, device=device, bf16=bf16, compile=cfg.compile, checkpoint_segments=cfg.checkpoint_activations)
+    me = distributed.world()
     common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=channels_last,
-                  num_workers=cfg.num_workers)
+                  num_workers=cfg.num_workers, rank=me.rank, world_size=me.world_size)
     train_batches = make_batches(dataset.train, batch_size=cfg.batch_size, train=True, augment=cfg.augment, **common)
-    test_batches = make_batches(dataset.test, batch_size=max(cfg.batch_size, 500), train=False, augment="none", **common)
+    test_batch = max(cfg.batch_size, 500)
+    test_batch += -test_batch % me.world_size  # a global batch every rank takes an equal slice of
+    test_batches = make_batches(dataset.test, batch_size=test_batch, train=False, augment="none", **common)
     return Built(model, selection, train_batches, test_batches, num_classes, device, bf16, channels_last)
 
 
-def evaluate(model: nn.Module, batches, *, bf16: bool, device: torch.device) -> dict:
-    """Test loss, top-1 and top-5 accuracy (fractions) with running BN statistics."""
+def evaluate(model: nn.Module, batches, *, bf16: bool, device: torch.device, across_ranks: bool = False) -> dict:
+    """Test loss, top-1 and top-5 accuracy (fractions) with running BN statistics.
+
+    ``across_ranks``: ``batches`` is this rank's shard; the counts are summed over ranks.
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -129,6 +147,10 @@ def evaluate(model: nn.Module, batches, *, bf16: bool, device: torch.device) -> 
             top5 += (best == y[:, None]).any(dim=1).sum()
             n += len(y)
     model.train(was_training)
+    if across_ranks:
+        totals = distributed.all_sum(torch.stack([loss_sum, top1.double(), top5.double(),
+                                                  torch.tensor(float(n), dtype=torch.float64, device=device)]))
+        loss_sum, top1, top5, n = totals[0], totals[1].long(), totals[2].long(), int(totals[3])
     return dict(test_loss=float(loss_sum) / n, test_acc=int(top1) / n, test_top5=int(top5) / n)
 
 
@@ -137,14 +159,14 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 class _Signals:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint gets written."""
+    """Turns STOP_SIGNALS into a flag checked between steps, so a checkpoint gets written."""
 
     def __init__(self):
         self.received = None
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
@@ -164,7 +186,12 @@ class Trainer:
 
     def __init__(self, cfg: cfgmod.TrainConfig, built: Built, run: RunDir, log=print):
         self.cfg, self.b, self.run, self.log = cfg, built, run, log
+        self.world = distributed.world()
+        if cfg.sync_bn and self.world.distributed:
+            built.model = distributed.sync_batchnorm(built.model, built.device)
         self.params = trainable_parameters(built.model)
+        # What the steps call: DDP (gradient all-reduce) when distributed and anything trains.
+        self.net = distributed.wrap(built.model, built.device) if self.world.distributed and self.params else built.model
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay) if self.params else None
         self.steps_per_epoch = built.train_batches.num_batches()
@@ -179,6 +206,7 @@ class Trainer:
         self.wall = 0.0
         self.train_time = 0.0
         self.train_images = 0
+        self.last_row = None
         self._reset_window()
 
     def _reset_window(self):
@@ -189,15 +217,30 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
+        """The resumable state (a collective when distributed: the metrics window is summed over ranks)."""
+        win_loss, win_correct, win_n = self._window_totals()
         return dict(
             step=self.step, model=self.b.model.state_dict(),
             optimizer=self.optimizer.state_dict() if self.optimizer else None,
             wall=self.wall, train_time=self.train_time, train_images=self.train_images,
-            win_loss=self.win_loss.cpu(), win_correct=self.win_correct.cpu(), win_n=self.win_n,
-            torch_rng=torch.get_rng_state(), run_id=self.cfg.run_id,
+            win_loss=win_loss.cpu(), win_correct=win_correct.cpu(), win_n=win_n,
+            torch_rng=torch.get_rng_state(), run_id=self.cfg.run_id, world_size=self.world.world_size,
         )
 
+    def _window_totals(self):
+        if not self.world.distributed:
+            return self.win_loss, self.win_correct, self.win_n
+        t = distributed.all_sum(torch.stack([self.win_loss, self.win_correct.double(),
+                                             torch.tensor(float(self.win_n), dtype=torch.float64, device=self.b.device)]))
+        return t[0], t[1].long(), int(t[2])
+
     def load_state(self, state: dict) -> None:
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world.world_size and not self.cfg.sync_bn:
+            raise cfgmod.ConfigError(
+                f"{self.run.path} was checkpointed by {saved_world} process(es) and this launch has "
+                f"{self.world.world_size}: with per-process BatchNorm statistics (no --sync-bn) that changes "
+                f"the experiment; launch it with {saved_world} process(es)")
         self.b.model.load_state_dict(state["model"])
         if self.optimizer and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -207,17 +250,21 @@ class Trainer:
         self.win_correct = state["win_correct"].to(self.b.device)
         self.win_n = state["win_n"]
         torch.set_rng_state(state["torch_rng"])
-        # Metrics written after this checkpoint will be written again.
-        self.run.write_metrics([m for m in self.run.read_metrics() if m["step"] <= self.step])
+        if not self.world.is_main:  # the saved window is the sum over ranks: rank 0 carries it
+            self._reset_window()
+        if self.world.is_main:  # metrics written after this checkpoint will be written again
+            self.run.write_metrics([m for m in self.run.read_metrics() if m["step"] <= self.step])
 
     def save(self) -> None:
-        self.run.save_checkpoint(self.state())
+        state = self.state()
+        if self.world.is_main:
+            self.run.save_checkpoint(state)
 
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, model = self.cfg, self.b.model
         model.train()
-        progress = _progress(cfg.progress, self.total_steps, self.step)
+        progress = _progress(cfg.progress and self.world.is_main, self.total_steps, self.step)
         sync_every = 1 if self.b.device.type == "cpu" else 25
         started = time.perf_counter()
         with _Signals() as signals:
@@ -226,38 +273,39 @@ class Trainer:
                 t0 = time.perf_counter()
                 for x, y in self.b.train_batches.batches(epoch, start):
                     loss, correct = self._train_step(x, y)
+                    stop = distributed.first_signal(signals.received) if self.world.distributed else signals.received
                     self.step += 1
                     self.train_images += len(y)
                     self.win_loss += loss.detach().double() * len(y)
                     self.win_correct += correct
                     self.win_n += len(y)
                     if self.step % sync_every == 0 or self.step in self.eval_steps:
-                        self._check_finite(loss)
+                        loss_value = self._check_finite(loss)
                         progress.update(self.step - progress.n)
                         ips = self.train_images / max(self.train_time + time.perf_counter() - t0, 1e-9)
-                        progress.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{ips:.0f}", refresh=False)
-                    if self.step in self.eval_steps or self.step in self.ckpt_steps or signals.received:
+                        progress.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                    if self.step in self.eval_steps or self.step in self.ckpt_steps or stop:
                         self.train_time += time.perf_counter() - t0
                         self.wall += time.perf_counter() - started
                         started = time.perf_counter()
                         if self.step in self.eval_steps:
                             self._evaluate_and_log(progress)
-                        if self.step in self.ckpt_steps or signals.received:
+                        if self.step in self.ckpt_steps or stop:
                             self.save()
-                        if signals.received:
+                        if stop:
                             progress.close()
-                            raise Interrupted(f"{signals.received} at step {self.step}/{self.total_steps}")
+                            raise Interrupted(f"{stop} at step {self.step}/{self.total_steps}", stop)
                         t0 = time.perf_counter()
                     if self.step >= self.total_steps:
                         break
         progress.close()
         self.wall += time.perf_counter() - started
-        return self.run.read_metrics()[-1]
+        return self.last_row or self.run.read_metrics()[-1]
 
     def _train_step(self, x, y):
         cfg = self.cfg
         with _autocast(self.b.device, self.b.bf16):
-            logits = self.b.model(x)
+            logits = self.net(x)
             loss = F.cross_entropy(logits.float(), y)
         if self.optimizer:
             lr = lr_at(cfg, self.step / self.steps_per_epoch)
@@ -269,24 +317,34 @@ class Trainer:
         correct = (logits.detach().argmax(1) == y).sum()
         return loss, correct
 
-    def _check_finite(self, loss):
-        if not torch.isfinite(loss):
-            raise TrainingFailed(f"non-finite training loss ({loss.item()}) at step {self.step}; "
+    def _check_finite(self, loss) -> float:
+        """The step's loss (the mean over ranks when distributed, so every rank stops together)."""
+        value = float(distributed.all_sum(loss.detach()) / self.world.world_size) if self.world.distributed else loss.item()
+        if not math.isfinite(value):
+            raise TrainingFailed(f"non-finite training loss ({value}) at step {self.step}; "
                                  f"lower --lr or check the data")
+        return value
 
     def _evaluate_and_log(self, progress):
-        result = evaluate(self.b.model, self.b.test_batches, bf16=self.b.bf16, device=self.b.device)
+        if self.world.distributed:
+            distributed.broadcast_buffers(self.b.model)  # evaluate (and save) rank 0's running statistics
+        result = evaluate(self.b.model, self.b.test_batches, bf16=self.b.bf16, device=self.b.device,
+                          across_ranks=self.world.distributed)
+        win_loss, win_correct, win_n = self._window_totals()
         row = dict(
             step=self.step, epoch=round(self.step / self.steps_per_epoch, 4),
             lr=lr_at(self.cfg, (self.step - 1) / self.steps_per_epoch),
-            train_loss=float(self.win_loss) / max(self.win_n, 1),
-            train_acc=int(self.win_correct) / max(self.win_n, 1),
+            train_loss=float(win_loss) / max(win_n, 1),
+            train_acc=int(win_correct) / max(win_n, 1),
             **result,
             wall_seconds=round(self.wall, 3),
-            images_per_second=round(self.train_images / max(self.train_time, 1e-9), 1),
+            images_per_second=round(self.train_images * self.world.world_size / max(self.train_time, 1e-9), 1),
         )
-        self.run.append_metrics(row)
+        self.last_row = row
         self._reset_window()
+        if not self.world.is_main:
+            return
+        self.run.append_metrics(row)
         progress.write(
             f"epoch {row['epoch']:g}/{self.cfg.epochs:g}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
             f"  test acc {row['test_acc']:.4f} top5 {row['test_top5']:.4f}  {row['images_per_second']:.0f} img/s")
@@ -321,21 +379,48 @@ def _plain_parameters(module: nn.Module) -> list[torch.Tensor]:
 
 
 def train(cfg: cfgmod.TrainConfig, log=print) -> dict:
-    """Train (or resume, or just report) the run ``cfg`` describes; returns its summary."""
-    run = RunDir(f"{cfg.out}/{cfg.run_name}")
-    if run.is_done():
-        summary = run.read_summary()
-        log(f"run {run.path} already finished: test acc {summary['test_acc']:.4f}")
-        return summary
-    built = build(cfg)
+    """Train (or resume, or just report) the run ``cfg`` describes; returns its summary.
+
+    Under torchrun every rank calls this with the same config: each trains on its shard, rank 0
+    holds the run's lock, logs and writes every file, and all ranks resume from the same checkpoint.
+    Any error after the run folder is set up is recorded in summary.json (status "failed", the
+    reason and the traceback's tail) before it propagates; a signal (Interrupted) is not a failure.
+    """
+    joined = distributed.join(cfg.device)
+    try:
+        run = RunDir(f"{cfg.out}/{cfg.run_name}")
+        if run.is_done():
+            return _report_done(run, log)
+        built = build(cfg)
+        with distributed.held_by_main(run.lock):
+            if run.is_done():  # finished by another process while this one was building
+                return _report_done(run, log)
+            return _train_locked(cfg, built, run, log if distributed.world().is_main else _quiet)
+    finally:
+        if joined:
+            distributed.leave()
+
+
+def _quiet(*_):
+    pass
+
+
+def _report_done(run: RunDir, log) -> dict:
+    summary = run.read_summary()
+    log(f"run {run.path} already finished: test acc {summary['test_acc']:.4f}")
+    return summary
+
+
+def _train_locked(cfg: cfgmod.TrainConfig, built: Built, run: RunDir, log) -> dict:
+    main = distributed.world().is_main
     trainer = Trainer(cfg, built, run, log)
-    state, warnings = run.load_checkpoint(map_location=built.device)
+    state, warnings = run.load_checkpoint(map_location=built.device, quarantine=main)
     for w in warnings:
         log(f"warning: {w}")
     if state is not None:
         trainer.load_state(state)
         log(f"resuming {run.path} at step {trainer.step}/{trainer.total_steps}")
-    else:
+    elif main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_metrics([])
         atomic_write_json(run.config, cfg.to_dict())
@@ -343,17 +428,23 @@ def train(cfg: cfgmod.TrainConfig, log=print) -> dict:
     counts = count_summary(built.model)
     base = dict(run_id=cfg.run_id, run_dir=str(run.path), model=cfg.model, train=cfg.train, seed=cfg.seed,
                 epochs=cfg.epochs, data=cfg.data, device=str(built.device), bf16=built.bf16,
-                channels_last=built.channels_last, **counts)
+                channels_last=built.channels_last, world_size=trainer.world.world_size, **counts)
     try:
         last = trainer.fit()
-    except TrainingFailed as e:
-        atomic_write_json(run.summary, dict(base, status="failed", reason=str(e), wall_seconds=trainer.wall))
+    except Interrupted:
         raise
-    atomic_torch_save(run.final_weights, plain_state_dict(built.model))
+    except Exception as e:
+        if main:
+            reason = str(e) if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}"
+            atomic_write_json(run.summary, dict(base, status="failed", reason=reason, wall_seconds=trainer.wall,
+                                                traceback=traceback.format_exc().splitlines()[-12:]))
+        raise
     summary = dict(base, status="done", test_acc=last["test_acc"], test_top5=last["test_top5"],
                    test_loss=last["test_loss"], train_loss=last["train_loss"], steps=trainer.step,
                    wall_seconds=round(trainer.wall, 3), images_per_second=last["images_per_second"])
-    atomic_write_json(run.summary, summary)
-    run.checkpoint.unlink(missing_ok=True)
-    run.previous_checkpoint.unlink(missing_ok=True)
+    if main:
+        atomic_torch_save(run.final_weights, plain_state_dict(built.model))
+        atomic_write_json(run.summary, summary)
+        run.checkpoint.unlink(missing_ok=True)
+        run.previous_checkpoint.unlink(missing_ok=True)
     return summary

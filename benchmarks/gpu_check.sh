@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The prepared GPU check, one H100, under 8 minutes in all:
+#   1. a full 160-epoch BN-only cifar_resnet_56 run on CIFAR-10 (fast path: device-resident data,
+#      channels_last, bf16 with frozen weights pre-cast once, torch.compile with CUDA graphs),
+#      printing its images/s and final test accuracy;
+#   2. bnonly bench (fast path vs the conventional DataLoader/fp32/NCHW/eager pipeline) for
+#      cifar_resnet_20/56/110 x bn/all at batch 128, as long as the time budget allows: the
+#      bn benches first, compiled; an 'all' bench is compiled only while 150 s remain.
+# Results (JSON lines, the markdown table, logs) go to $OUT (default results/gpu_check).
+#
+#   benchmarks/gpu_check.sh            # on the GPU machine (CIFAR-10 from $DATA, or ../shared/data or
+#                                      # shared/data /cifar10-jpeg)
+#   benchmarks/gpu_check.sh --tiny     # CPU dry run of the same steps on tiny synthetic data (~2 min)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu_check}
+BUDGET=${BUDGET:-470}  # seconds for the whole script
+mkdir -p "$OUT"
+start=$SECONDS
+left() { echo $(( BUDGET - (SECONDS - start) )); }
+
+if [[ "${1:-}" == "--tiny" ]]; then
+  DEVICE=cpu; TRAIN_MODEL=cifar_resnet_8_8; EPOCHS=1; COMPILE=--no-compile
+  MODELS="cifar_resnet_8_8 cifar_resnet_14_8"; TRAIN_LIMIT=120
+  DATA="synthetic:train=512,test=256,classes=10,size=32"; BENCH_DATA=$DATA
+  BENCH_ARGS=(--threads 1 --batch-size 32 --warmup 1 --windows 1 --steps 1 --peak-seconds 0.1)
+else
+  DEVICE=cuda; TRAIN_MODEL=cifar_resnet_56; EPOCHS=160; COMPILE=--compile
+  MODELS="cifar_resnet_20 cifar_resnet_56 cifar_resnet_110"; TRAIN_LIMIT=300
+  BENCH_DATA="synthetic:train=8192,test=256,classes=10,size=32"  # throughput does not depend on pixels
+  BENCH_ARGS=(--batch-size 128 --warmup 5 --windows 3 --steps 25 --peak-seconds 1)
+  if [[ -z "${DATA:-}" ]]; then
+    for d in ../shared/data/cifar10-jpeg shared/data/cifar10-jpeg; do [[ -d $d ]] && DATA=$d && break; done
+  fi
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+fi
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+# 1. the 160-epoch BN-only run (resumable: a failed compiled attempt is resumed without compile)
+if [[ -n "${DATA:-}" ]]; then
+  train=(python -m bnonly train --model "$TRAIN_MODEL" --train bn --epochs "$EPOCHS" --seed 0 --data "$DATA"
+         --device "$DEVICE" --out "$OUT/runs" --no-progress)
+  [[ $DEVICE == cpu ]] && train+=(--threads 1)
+  echo "\$ ${train[*]} $COMPILE"
+  timeout "$TRAIN_LIMIT" "${train[@]}" "$COMPILE" 2>&1 | tee "$OUT/train.log"
+  rc=${PIPESTATUS[0]}
+  if [[ $rc -ne 0 && $rc -ne 124 && $COMPILE == --compile ]]; then
+    echo "compiled run failed (exit $rc); resuming it without compile"
+    timeout "$(( $(left) - 120 ))" "${train[@]}" --no-compile 2>&1 | tee -a "$OUT/train.log"
+  fi
+  tail -n 3 "$OUT/train.log" | grep -E "test acc|test_acc" || echo "training did not finish in its time"
+else
+  echo "no CIFAR-10 found (set DATA=...): skipping the 160-epoch run"
+fi
+
+# 2. benchmarks, bn first, while time remains
+for spec in bn all; do
+  for model in $MODELS; do
+    remaining=$(left)
+    if (( remaining < 40 )); then echo "skipped bench $model $spec: ${remaining}s left"; continue; fi
+    flag=$COMPILE
+    [[ $spec == all && $remaining -lt 150 ]] && flag=--no-compile
+    echo "\$ bnonly bench --model $model --train $spec $flag (${remaining}s left)"
+    timeout "$remaining" python -m bnonly bench --model "$model" --train "$spec" --device "$DEVICE" \
+      --data "$BENCH_DATA" "$flag" "${BENCH_ARGS[@]}" --quiet --json "$OUT/bench.jsonl" 2>&1 | tee -a "$OUT/bench.log"
+  done
+done
+[[ -f $OUT/bench.jsonl ]] && python benchmarks/throughput.py --table "$OUT/bench.jsonl" | tee "$OUT/bench_table.md"
+echo "gpu_check done in $(( SECONDS - start ))s"

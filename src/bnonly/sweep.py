@@ -1,0 +1,385 @@
+"""Sweeps: a YAML grid of runs, trained on this machine (``--jobs N``) or as a Slurm job array.
+
+A spec file holds a ``base:`` mapping of config fields shared by every run, a ``grid:`` mapping of
+field -> list of values (the runs are the product), or a list of such mappings (the union of
+their products), and optionally a ``preset:``::
+
+    base: {data: ../shared/data/cifar10-jpeg, epochs: 10}
+    grid: {model: [cifar_resnet_14, cifar_resnet_32], train: [bn, all], seed: [0, 1]}
+
+Every run is the ordinary content-addressed run folder ``bnonly train`` makes, so launching a
+sweep again skips finished runs and resumes interrupted ones, and a run is the same run whether
+a sweep or a hand-typed ``bnonly train`` made it. Each run holds its folder's lock while it
+trains, so sweeps over one folder never train a run twice; a run that fails is recorded as
+failed (summary.json: reason, traceback or log tail) and the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config as cfgmod
+from .rundir import RunDir, atomic_write_json
+
+SPEC_KEYS = ("preset", "base", "grid")
+STATES = ("done", "running", "failed", "pending")
+
+
+class SweepError(ValueError):
+    """A sweep spec that cannot be expanded into runs."""
+
+
+@dataclass
+class Spec:
+    base: dict[str, Any] = field(default_factory=dict)
+    grids: list[dict[str, list]] = field(default_factory=lambda: [{}])
+    preset: str | None = None
+
+
+def load_spec(path: str | Path) -> Spec:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SweepError(f"sweep file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SweepError(f"sweep file {p} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or set(raw) - set(SPEC_KEYS):
+        raise SweepError(f"sweep file {p} must be a mapping with keys {', '.join(SPEC_KEYS)}; "
+                         f"got {sorted(raw) if isinstance(raw, dict) else type(raw).__name__}")
+    base = raw.get("base") or {}
+    grid = raw.get("grid") or {}
+    grids = grid if isinstance(grid, list) else [grid]
+    if not isinstance(base, dict) or not all(isinstance(g, dict) for g in grids):
+        raise SweepError(f"in {p}, base: must be a mapping and grid: a mapping (or a list of mappings) of field -> values")
+    for g in grids:
+        for name, values in g.items():
+            if not isinstance(values, list) or not values:
+                raise SweepError(f"in {p}, grid field '{name}' must be a non-empty list of values, got {values!r}")
+    return Spec(base=base, grids=grids or [{}], preset=raw.get("preset"))
+
+
+def expand(spec: Spec, out: str | None = None) -> list[cfgmod.TrainConfig]:
+    """The spec's runs in grid order, duplicates (same run folder) dropped; ``out`` overrides base's."""
+    runs, seen = [], set()
+    for grid in spec.grids:
+        names = list(grid)
+        for values in itertools.product(*(grid[n] for n in names)):
+            fields = {**spec.base, **dict(zip(names, values))}
+            if out is not None:
+                fields["out"] = out
+            cfg = cfgmod.resolve(spec.preset, None, **fields)
+            if cfg.run_name not in seen:
+                seen.add(cfg.run_name)
+                runs.append(cfg)
+    return runs
+
+
+def run_dir(cfg: cfgmod.TrainConfig) -> RunDir:
+    return RunDir(f"{cfg.out}/{cfg.run_name}")
+
+
+def state(cfg: cfgmod.TrainConfig) -> str:
+    """done, running (a process holds the run's lock), failed (recorded), or pending."""
+    run = run_dir(cfg)
+    summary = run.read_summary() or {}
+    if summary.get("status") == "done":
+        return "done"
+    if run.is_locked():
+        return "running"
+    return "failed" if summary.get("status") == "failed" else "pending"
+
+
+def record_failure(cfg: cfgmod.TrainConfig, reason: str, details: list[str]) -> None:
+    """Mark a run failed when its process could not (it crashed before setting up, or was killed)."""
+    run = run_dir(cfg)
+    with run.lock():
+        atomic_write_json(run.summary, dict(
+            status="failed", reason=reason, details=details, run_id=cfg.run_id, run_dir=str(run.path),
+            model=cfg.model, train=cfg.train, seed=cfg.seed, epochs=cfg.epochs, data=cfg.data))
+
+
+def attempt(cfg: cfgmod.TrainConfig) -> dict:
+    """Train ``cfg`` in this process as a sweep job: returns its summary; a failure is recorded
+    in the run folder and returned, not raised (a stop signal still raises Interrupted)."""
+    import traceback
+
+    from .rundir import RunLocked
+    from .training import Interrupted, train
+
+    run = run_dir(cfg)
+    before = run.read_summary()
+    try:
+        return train(cfg)
+    except RunLocked as e:
+        return dict(status="running elsewhere", reason=str(e), run_dir=str(run.path))
+    except Interrupted:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error fails this run only
+        if int(os.environ.get("RANK", "0")) == 0 and run.read_summary() == before:  # not recorded by train()
+            record_failure(cfg, f"{type(e).__name__}: {e}", traceback.format_exc().splitlines()[-12:])
+        return run.read_summary()
+
+
+def status(cfgs: list[cfgmod.TrainConfig]) -> dict:
+    """Counts per state, failures with their reasons, and what runs where."""
+    by_state: dict[str, list] = {s: [] for s in STATES}
+    for cfg in cfgs:
+        by_state[state(cfg)].append(cfg)
+    resumable = sum(run_dir(c).checkpoint.exists() or run_dir(c).previous_checkpoint.exists()
+                    for c in by_state["pending"])
+    failures = [dict(run=c.run_name, reason=(run_dir(c).read_summary() or {}).get("reason", "?"),
+                     run_dir=str(run_dir(c).path)) for c in by_state["failed"]]
+    running = [dict(run=c.run_name, holder=_holder(run_dir(c))) for c in by_state["running"]]
+    return dict(counts={s: len(v) for s, v in by_state.items()}, resumable=resumable,
+                failures=failures, running=running)
+
+
+def _holder(run: RunDir) -> str:
+    try:
+        return run.lock_file.read_text().strip()
+    except OSError:
+        return "?"
+
+
+# --- the local launcher -------------------------------------------------------------------
+
+class LocalSweep:
+    """Runs a sweep's runs on this machine, ``jobs`` at a time, each in its own process (so a
+    crash, even a segfault, fails that run only) with its output in the run's train.log. The
+    processes fork from a multiprocessing forkserver that imported torch once, so a run starts in
+    milliseconds, not the seconds a fresh interpreter takes. CPU threads are split evenly; with
+    GPUs, slot k uses GPU k mod #GPUs.
+
+    A stop signal to this process is passed on to the running runs (they checkpoint), no new
+    run starts, and :meth:`run` returns with the interrupted ones counted.
+    """
+
+    def __init__(self, cfgs: list[cfgmod.TrainConfig], jobs: int = 1, retry_failed: bool = False, log=print):
+        import multiprocessing
+
+        if jobs < 1:
+            raise SweepError(f"--jobs must be at least 1, got {jobs}")
+        self.cfgs, self.jobs, self.retry_failed, self.log = cfgs, jobs, retry_failed, log
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.threads = max(1, cpus // jobs)
+        self.gpus = _gpu_count()
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(["bnonly.training"])
+        self.stopping = None
+        self._procs: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._free = list(range(jobs))
+
+    def run(self) -> dict[str, list[str]]:
+        """Train what is pending; returns run names per outcome (done, failed, interrupted, skipped...)."""
+        from .training import STOP_SIGNALS
+
+        outcomes: dict[str, list[str]] = {}
+        todo = []
+        for cfg in self.cfgs:
+            s = state(cfg)
+            if s == "pending" or (s == "failed" and self.retry_failed):
+                todo.append(cfg)
+            else:
+                outcomes.setdefault({"done": "already done", "running": "running elsewhere",
+                                     "failed": "failed before (--retry-failed retries)"}[s], []).append(cfg.run_name)
+        self.log(", ".join([f"{len(self.cfgs)} runs: {len(todo)} to train ({self.jobs} at a time)"]
+                           + [f"{len(v)} {k}" for k, v in outcomes.items()]))
+        old = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            with ThreadPoolExecutor(self.jobs) as pool:
+                futures = {pool.submit(self._one, cfg): cfg for cfg in todo}
+                for i, future in enumerate(as_completed(futures), 1):
+                    outcome, note = future.result()
+                    outcomes.setdefault(outcome, []).append(futures[future].run_name)
+                    if outcome != "not started":
+                        self.log(f"[{i}/{len(todo)}] {outcome:<11} {futures[future].run_name}  {note}")
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        return outcomes
+
+    def _on_signal(self, signum, frame):
+        self.stopping = signum
+        with self._lock:
+            for proc in self._procs.values():
+                os.kill(proc.pid, signum)
+
+    def _one(self, cfg: cfgmod.TrainConfig) -> tuple[str, str]:
+        from .training import EXIT_INTERRUPTED, EXIT_LOCKED
+
+        with self._lock:
+            if self.stopping:
+                return "not started", ""
+            slot = self._free.pop()
+            run = run_dir(cfg)
+            run.path.mkdir(parents=True, exist_ok=True)
+            before = run.read_summary()
+            if cfg.threads is None:
+                cfg = cfg.replace(threads=self.threads)
+            gpu = str(slot % self.gpus) if self.gpus else None
+            proc = self.context.Process(target=_child, args=(cfg.replace(progress=False).to_dict(), str(run.log), gpu),
+                                        name=cfg.run_name)
+            started = time.perf_counter()
+            proc.start()
+            self._procs[slot] = proc
+        proc.join()
+        with self._lock:
+            del self._procs[slot]
+            self._free.append(slot)
+        rc, seconds = proc.exitcode, f"{time.perf_counter() - started:.1f} s"
+        summary = run.read_summary() or {}
+        if rc == 0 and summary.get("status") == "done":
+            return "done", f"test_acc {summary['test_acc']:.4f}  {seconds}"
+        if rc == EXIT_INTERRUPTED or (self.stopping and rc == -self.stopping):  # stopped before it could checkpoint
+            return "interrupted", seconds
+        if rc == EXIT_LOCKED:
+            return "running elsewhere", ""
+        if summary == (before or {}) or summary.get("status") != "failed":  # the process died before recording it
+            why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+            tail = _tail(run.log)
+            record_failure(cfg, f"{why}: {tail[-1] if tail else 'no output'}", tail)
+            summary = run.read_summary() or {}
+        return "failed", f"{summary.get('reason', '?')}  (log: {run.log})"
+
+
+def _child(config: dict, log: str, gpu: str | None) -> None:
+    """One run in a forked process: output to the run's train.log, exit code as ``bnonly train``'s."""
+    from .training import EXIT_INTERRUPTED, EXIT_LOCKED, Interrupted
+
+    os.setsid()  # its own session: a Ctrl-C reaches the sweep, which passes it on exactly once
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} bnonly sweep, pid {os.getpid()}", flush=True)
+    try:
+        summary = attempt(cfgmod.from_dict(config)) or {}
+    except Interrupted as e:
+        print(f"interrupted ({e}); checkpoint saved", flush=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if summary.get("status") != "done":
+        print(f"run {summary.get('status')}: {summary.get('reason')}", flush=True)
+    sys.exit({"done": 0, "running elsewhere": EXIT_LOCKED}.get(summary.get("status"), 1))
+
+
+def _tail(path: Path, lines: int = 12) -> list[str]:
+    text = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return [line for line in text if line.strip()][-lines:]
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def add_subcommand(sub) -> None:
+    p = sub.add_parser("sweep", help="train the runs of a sweep file (a grid of configs) here or on Slurm",
+                       description="Expand SPEC_FILE (base: fields, grid: field -> values) into runs and train "
+                                   "those not finished yet; see docs on scale-out.")
+    p.add_argument("spec", metavar="SPEC_FILE", help="YAML sweep file")
+    p.add_argument("--out", default=None, help="output root (default: base's out, else 'runs')")
+    p.add_argument("--status", action="store_true", help="show done/running/failed/pending counts and failures; train nothing")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (local launcher)")
+    p.add_argument("--retry-failed", action="store_true", help="train runs recorded as failed again")
+    p.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: processes here; slurm: a Slurm job array through submitit; submitit-local: "
+                        "the slurm launcher's code path run by submitit on this machine (to try a setup)")
+    g = p.add_argument_group("slurm launcher")
+    g.add_argument("--partition", default=None, help="Slurm partition")
+    g.add_argument("--time", type=int, default=24 * 60, help="time limit per job in minutes (requeued from "
+                                                             "its checkpoint when it runs out; default 1440)")
+    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; more than 1 trains it with DDP")
+    g.add_argument("--tasks-per-run", type=int, default=None, help="processes (DDP ranks) per run (default: one per GPU)")
+    g.add_argument("--cpus-per-run", type=int, default=None, help="CPU cores per run")
+    g.add_argument("--mem-gb", type=float, default=None, help="memory per run in GB")
+    g.add_argument("--max-parallel", type=int, default=None, help="at most this many array jobs at once")
+    g.add_argument("--max-requeues", type=int, default=20, help="give up on a run after this many time-limit requeues")
+    g.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other submitit Slurm parameter, e.g. --slurm account=myproj --slurm qos=high")
+    g.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report their outcomes")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from .training import EXIT_INTERRUPTED
+
+    cfgs = expand(load_spec(args.spec), args.out)
+    if args.status:
+        print(format_status(args.spec, cfgs, status(cfgs)))
+        return 0
+    if args.launcher == "local":
+        outcomes = LocalSweep(cfgs, args.jobs, args.retry_failed).run()
+        print("; ".join(f"{len(v)} {k}" for k, v in outcomes.items()))
+        if outcomes.get("interrupted") or outcomes.get("not started"):
+            return EXIT_INTERRUPTED
+        return 1 if outcomes.get("failed") else 0
+    from . import slurm
+
+    wanted = ("pending", "failed") if args.retry_failed else ("pending",)
+    todo = [c for c in cfgs if state(c) in wanted]
+    if not todo:
+        print(f"nothing to submit: {format_counts(status(cfgs))}")
+        return 0
+    folder = Path(todo[0].out) / ".submitit"
+    if args.launcher == "slurm":
+        executor = slurm.slurm_executor(folder, partition=args.partition, time_min=args.time,
+                                        gpus_per_run=args.gpus_per_run, tasks_per_run=args.tasks_per_run,
+                                        cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb,
+                                        max_parallel=args.max_parallel, max_requeues=args.max_requeues,
+                                        options=_key_values(args.slurm))
+    else:
+        executor = slurm.local_executor(folder, time_min=args.time, gpus_per_run=args.gpus_per_run,
+                                        tasks_per_run=args.tasks_per_run, max_requeues=args.max_requeues)
+    jobs = slurm.submit(todo, executor)
+    print(f"submitted {len(jobs)} runs as job(s) {', '.join(sorted({j.job_id.split('_')[0] for j in jobs}))}; "
+          f"logs in {folder}; `bnonly sweep {args.spec} --status` shows progress")
+    if not args.wait:
+        return 0
+    results = [slurm.outcome(j) for j in jobs]
+    print("; ".join(f"{results.count(r)} {r}" for r in dict.fromkeys(results)))
+    return 0 if set(results) <= {"done", "running elsewhere"} else 1
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SweepError(f"--slurm expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def format_counts(st: dict) -> str:
+    c = st["counts"]
+    return (f"done {c['done']}  running {c['running']}  failed {c['failed']}  pending {c['pending']}"
+            + (f" ({st['resumable']} with a checkpoint)" if st["resumable"] else ""))
+
+
+def format_status(spec: str, cfgs: list[cfgmod.TrainConfig], st: dict) -> str:
+    outs = sorted({c.out for c in cfgs})
+    lines = [f"{spec}: {len(cfgs)} runs in {', '.join(outs)}", "  " + format_counts(st)]
+    if st["failures"]:
+        lines.append("failed (bnonly sweep --retry-failed trains them again):")
+        lines += [f"  {f['run']}: {f['reason']}" for f in st["failures"]]
+    if st["running"]:
+        lines.append("running:")
+        lines += [f"  {r['run']}: {r['holder']}" for r in st["running"]]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""``bnonly bench``: its two pipelines, its counts, its measurements and its report."""
+
+import json
+
+import pytest
+import torch
+
+from bnonly.bench import PilImages, count_step_flops, matmul_peak, paired_speedup, run
+from bnonly.cli import main
+from bnonly.config import TrainConfig
+from bnonly.data import make_batches, open_dataset
+
+DATA = "synthetic:train=128,test=32,classes=4,size=32"
+QUICK = dict(warmup=1, windows=2, steps=1, peak_budget_s=0.05, log=lambda *a, **k: None)
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**dict(model="cifar_resnet_8_8", data=DATA, batch_size=16, device="cpu"), **kw})
+
+
+def test_conventional_images_match_the_device_pipeline():
+    split = open_dataset(DATA).train
+    plain = PilImages(split, "imagenet", augment=False)
+    dev = make_batches(split, batch_size=8, train=False, seed=0, device="cpu", augment="none",
+                       normalize="imagenet", channels_last=False)
+    x, y = next(iter(dev.batches(0)))
+    for i in range(8):
+        xi, yi = plain[i]
+        assert yi == int(y[i]) and torch.allclose(xi, x[i], atol=1e-5)
+
+
+def test_conventional_augmentation_is_a_padded_crop_or_its_mirror():
+    split = open_dataset(DATA).train
+    plain, aug = PilImages(split, "none", augment=False), PilImages(split, "none", augment=True)
+    torch.manual_seed(0)
+    for i in range(6):
+        base, out = plain[i][0], aug[i][0]
+        padded = torch.nn.functional.pad(base, (4, 4, 4, 4))
+        candidates = [c for r in range(9) for s in range(9) for c in (padded[:, r:r + 32, s:s + 32],
+                                                                      padded[:, r:r + 32, s:s + 32].flip(2))]
+        assert any(torch.equal(out, c) for c in candidates)
+
+
+@pytest.mark.parametrize("spec", ["bn", "all", "none"])
+def test_flops_count_only_the_gradients_a_step_computes(spec):
+    f = count_step_flops(_cfg(model="cifar_resnet_20", batch_size=128, train=spec), 10, (3, 32, 32))
+    stem = 2 * 3 * 16 * 9 * 32 * 32  # the first conv: its input needs no gradient
+    assert f["forward"] == 81_626_368
+    expected = {"bn": 2 * f["forward"] - stem, "all": 3 * f["forward"] - stem, "none": f["forward"]}
+    assert f["step"] == expected[spec]
+
+
+def test_paired_speedup_is_the_median_of_window_ratios():
+    assert paired_speedup([200, 100, 300], [100, 100, 100]) == 2.0
+    assert paired_speedup([100, 50], [50, 50]) == 1.5
+
+
+def test_matmul_peak_measures_a_rate():
+    peak = matmul_peak(torch.device("cpu"), torch.float32, budget_s=0.05)
+    assert peak["flops_per_s"] > 1e8 and peak["size"] >= 256
+
+
+def test_bench_runs_both_pipelines_and_shows_the_bn_only_evidence():
+    r = run(_cfg(train="bn"), threads=1, profile=True, **QUICK)
+    fast, conv = r["rows"][0], r["rows"][1]
+    assert [row["pipeline"] for row in r["rows"]][:2] == ["fast", "conventional"]
+    assert fast["threads"] == 1 and len(fast["windows"]) == 2 and fast["images_per_s"] > 0
+    ratios = sorted(f / c for f, c in zip(fast["windows"], conv["windows"]))
+    assert r["speedup"] == pytest.approx((ratios[0] + ratios[1]) / 2, abs=0.011)  # median of paired windows
+    assert fast["achieved_gflops"] == round(r["flops_per_image"] * fast["images_per_s"] / 1e9, 2)
+    assert fast["fraction_of_float32_peak"] == pytest.approx(
+        fast["achieved_gflops"] / r["matmul_peak_gflops"]["float32"], rel=0.02, abs=1e-3)
+    assert fast["peak_mib"] > 0 and conv["peak_mib"] > 0
+    e = r["profile"]
+    convs = 9  # cifar_resnet_8: stem, 3 blocks x 2, 2 shortcuts; the stem's input needs no gradient
+    assert e["conv_backward_by_mask"] == {"[True, False, False]": convs - 1}
+    assert e["optimizer_tensors"] == e["trainable_tensors"] < e["parameter_tensors"]
+    assert e["frozen_with_grad"] == 0 and e["frozen_weight_casts"] == 0
+
+
+def test_bench_all_computes_weight_gradients_and_picks_threads():
+    r = run(_cfg(train="all"), threads="auto", conventional=False, profile=True, **QUICK)
+    assert [row["pipeline"] for row in r["rows"]] == ["fast"]
+    assert set(r["thread_trials"]) == {str(n) for n in range(1, len(r["thread_trials"]) + 1)}
+    assert r["rows"][0]["threads"] == int(max(r["thread_trials"], key=r["thread_trials"].get))
+    assert r["profile"]["conv_backward_by_mask"] == {"[True, True, False]": 8, "[False, True, False]": 1}
+
+
+def test_bench_command_prints_and_appends_json(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    args = ["bench", "--model", "cifar_resnet_8_8", "--data", DATA, "--batch-size", "16", "--device", "cpu",
+            "--threads", "1", "--warmup", "1", "--windows", "1", "--steps", "1", "--peak-seconds", "0.05",
+            "--quiet", "--json", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "fast / conventional:" in text and "counted FLOPs/image" in text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["model"] == "cifar_resnet_8_8" and rows[0]["train"] == "bn"
+    assert main(args[:-2] + ["--threads", "0"]) == 2
+    assert "--threads expects" in capsys.readouterr().err
