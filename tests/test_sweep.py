@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnonly import slurm
 from bnonly.cli import build_parser, config_from_args, main
 from bnonly.config import ConfigError, from_dict
 from bnonly.rundir import RunDir
@@ -182,3 +183,20 @@ def test_slurm_launcher_through_submitit_local_executor(tmp_path, capsys):
     assert (out / ".submitit").is_dir()
     assert main(["sweep", str(spec), "--out", str(out), "--launcher", "submitit-local"]) == 0
     assert "nothing to submit: done 2" in capsys.readouterr().out
+
+
+def test_slurm_executor_asks_for_the_options_and_the_preemption_signal(tmp_path, monkeypatch, capsys):
+    spec = write_spec(tmp_path / "s.yaml", grid={"seed": [0]})
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no Slurm here: a clear error, not a traceback
+    assert main(["sweep", str(spec), "--launcher", "slurm"]) == 2
+    assert "needs Slurm (no srun on PATH)" in capsys.readouterr().err
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    executor = slurm.slurm_executor(tmp_path / "submitit", partition="gpu", time_min=120, gpus_per_run=2,
+                                    cpus_per_run=16, mem_gb=64, max_parallel=8, options={"account": "proj"})
+    sbatch = executor._executor._make_submission_file_text("CMD", "0")
+    for line in ("--partition=gpu", "--time=120", "--gpus-per-node=2", "--ntasks-per-node=2", "--cpus-per-task=8",
+                 "--mem=64GB", "--account=proj", "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in sbatch
+    assert executor._executor.parameters["array_parallelism"] == 8 and executor._executor.max_num_timeout == 20

@@ -225,6 +225,8 @@ def launch(cfg, nproc: int) -> int:
     from .rundir import RunDir, RunLocked
     from .training import EXIT_INTERRUPTED, EXIT_LOCKED
 
+    if "LOCAL_RANK" in os.environ:
+        raise ConfigError("--nproc starts torchrun, and this process already runs under it: leave --nproc out")
     run = RunDir(f"{cfg.out}/{cfg.run_name}")
     if run.is_locked():
         raise RunLocked(f"run {run.path} is being trained by another process")

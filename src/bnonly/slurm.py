@@ -50,8 +50,15 @@ def slurm_executor(folder: str | Path, *, partition: str | None = None, time_min
                    mem_gb: float | None = None, max_parallel: int | None = None, max_requeues: int = 20,
                    options: dict | None = None):
     """A submitit executor for Slurm; ``options`` are further submitit Slurm parameters (account, qos...)."""
+    import shutil
+
     import submitit
 
+    from .sweep import SweepError
+
+    if shutil.which("srun") is None:
+        raise SweepError("--launcher slurm needs Slurm (no srun on PATH): run it on the cluster's login node, "
+                         "or try the same jobs here with --launcher submitit-local")
     tasks = tasks_per_run or max(gpus_per_run, 1)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=max_requeues)
     params = dict(name="bnonly", timeout_min=time_min, nodes=1, tasks_per_node=tasks, gpus_per_node=gpus_per_run,

@@ -197,7 +197,9 @@ class LocalSweep:
                                      "failed": "failed before (--retry-failed retries)"}[s], []).append(cfg.run_name)
         self.log(", ".join([f"{len(self.cfgs)} runs: {len(todo)} to train ({self.jobs} at a time)"]
                            + [f"{len(v)} {k}" for k, v in outcomes.items()]))
-        old = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        # Signal handlers exist in the main thread only; elsewhere the caller handles stopping.
+        main = threading.current_thread() is threading.main_thread()
+        old = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS} if main else {}
         try:
             with ThreadPoolExecutor(self.jobs) as pool:
                 futures = {pool.submit(self._one, cfg): cfg for cfg in todo}
@@ -243,7 +245,7 @@ class LocalSweep:
         summary = run.read_summary() or {}
         if rc == 0 and summary.get("status") == "done":
             return "done", f"test_acc {summary['test_acc']:.4f}  {seconds}"
-        if rc == EXIT_INTERRUPTED or (self.stopping and rc == -self.stopping):  # stopped before it could checkpoint
+        if rc == EXIT_INTERRUPTED or (self.stopping and summary == (before or {})):  # or stopped while starting
             return "interrupted", seconds
         if rc == EXIT_LOCKED:
             return "running elsewhere", ""
