@@ -72,3 +72,11 @@ def test_warmup_is_linear():
 def test_presets_only_name_real_fields():
     for values in PRESETS.values():
         from_dict(values)
+
+
+def test_python_and_cli_configs_name_the_same_run():
+    from bnonly.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--epochs", "10", "--milestones", "5,8", "--data", "synthetic"])
+    assert TrainConfig(epochs=10, milestones=[5, 8], data="synthetic").run_id == config_from_args(args).run_id
+    assert isinstance(TrainConfig(epochs=10).epochs, float)

@@ -67,6 +67,12 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar")
     out: str = _f("runs", "output root; each run gets its own folder below it")
 
+    def __post_init__(self):
+        # One value, one type, whichever way the config was built (Python, flags, YAML), so
+        # TrainConfig(epochs=10) and `--epochs 10` name the same run.
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+
     def replace(self, **changes) -> "TrainConfig":
         return from_dict(self.to_dict() | changes)
 
@@ -130,7 +136,8 @@ def _coerce(name: str, value: Any) -> Any:
             return bool(value)
         if kind is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(float(x) if "." in str(x) else int(x) for x in items if str(x).strip() != "")
+            numbers = (float(x) for x in items if str(x).strip() != "")
+            return tuple(int(x) if x.is_integer() else x for x in numbers)  # 80 and 80.0: one hash
         if kind is float:
             return float(value)
         if kind is int:
@@ -146,7 +153,7 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(values) - set(FIELD_DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(FIELD_DEFAULTS)}")
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return TrainConfig(**values)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
