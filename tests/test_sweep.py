@@ -4,7 +4,6 @@ status, a stop signal, and the Slurm launcher through submitit's local executor.
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from bnonly import slurm
-from bnonly.cli import build_parser, config_from_args, main
+from bnonly.cli import main
 from bnonly.config import ConfigError, from_dict
 from bnonly.rundir import RunDir
 from bnonly.sweep import LocalSweep, SweepError, expand, load_spec, state, status
@@ -48,21 +47,6 @@ def test_spec_expands_products_unions_and_drops_duplicates(tmp_path, capsys):
             expand(load_spec(tmp_path / "bad.yaml"))
     assert main(["sweep", str(tmp_path / "bad.yaml")]) == 2
     assert "keys preset, base, grid" in capsys.readouterr().err
-
-
-def test_reproduce_sweep_file_gives_the_scripts_run_folders(tmp_path):
-    # Run the issue-3 script with a stand-in `bnonly` that records its arguments.
-    fake = tmp_path / "bin" / "bnonly"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
-    fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
-    subprocess.run(["bash", str(REPO / "scripts" / "reproduce_cifar10.sh")], env=env, check=True, cwd=REPO)
-    parser = build_parser()
-    script = [config_from_args(parser.parse_args(line.split())) for line in (tmp_path / "calls.txt").read_text().splitlines()]
-    sweep = expand(load_spec(REPO / "sweeps" / "reproduce_cpu.yaml"))
-    assert len(script) == 11 and [c.run_name for c in sweep] == [c.run_name for c in script]
-    assert {c.out for c in sweep} == {c.out for c in script} == {"results/runs"}
 
 
 def test_paper_sweep_files_cover_the_study():
