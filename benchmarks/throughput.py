@@ -19,22 +19,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bnonly.bench import paired_speedup
+
+
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:.1f}" if images_per_s < 10 else f"{images_per_s:.0f}"
+
 
 def render(rows: list[dict]) -> str:
+    """Markdown table; speedups are medians of paired (back-to-back) window ratios."""
     head = ["model", "train", "fast path", "fast img/s", "conventional img/s", "fast / conv", "same threads",
             "peak MiB fast / conv", "FLOPs/img", "fast GFLOP/s", "% of compute-dtype peak", "% of bf16 peak"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         fast = r["rows"][0]
         conv = next((x for x in r["rows"] if x["pipeline"] == "conventional"), None)
+        same = next((x for x in r["rows"] if x["pipeline"].startswith("conventional@")), None)
         dt = r["compute_dtype"]
         flags = [f for f, on in (("channels_last", r["channels_last"]), ("compile", r["compile"]),
                                  (f"checkpoint {r['checkpoint_activations']}", r["checkpoint_activations"])) if on]
         cells = [
-            r["model"], r["train"], " ".join([dt, *flags, f"{fast['threads']} thr"]), f"{fast['images_per_s']:.0f}",
-            f"{conv['images_per_s']:.0f} ({conv['threads']} thr)" if conv else "-",
-            f"{r['speedup']:.2f}x" if "speedup" in r else "-",
-            f"{r['speedup_same_threads']:.2f}x" if "speedup_same_threads" in r else "-",
+            r["model"], r["train"], " ".join([dt, *flags, f"{fast['threads']} thr"]), _rate(fast["images_per_s"]),
+            f"{_rate(conv['images_per_s'])} ({conv['threads']} thr)" if conv else "-",
+            f"{paired_speedup(fast['windows'], conv['windows']):.2f}x" if conv else "-",
+            f"{paired_speedup(fast['windows'], same['windows']):.2f}x" if same else "-",
             f"{fast['peak_mib']:.0f} / {conv['peak_mib']:.0f}" if conv else f"{fast['peak_mib']:.0f} / -",
             f"{r['flops_per_image'] / 1e6:.1f} M", f"{fast['achieved_gflops']:.1f}",
             f"{100 * fast[f'fraction_of_{dt}_peak']:.0f}% of {r['matmul_peak_gflops'][dt]:.0f}",

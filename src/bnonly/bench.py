@@ -3,8 +3,8 @@
 Two pipelines train the same model under the same what-trains spec and batch size:
 
 - **fast**: exactly what ``bnonly train`` runs: ``training.build`` (device-resident uint8 data
-  augmented in batch, the measured-fastest memory format and dtype, frozen weights pre-cast,
-  optional compile / activation checkpointing) and ``Trainer``'s own step, whose optimizer
+  augmented in batch, the measured-fastest memory format and dtype, frozen weights pre-cast
+  when that dtype is bf16, optional compile / activation checkpointing) and ``Trainer``'s own step, whose optimizer
   holds only the trainable tensors;
 - **conventional**: a torch ``DataLoader`` (all defaults: no workers) over the images with
   per-image PIL transforms (pad-4 random crop, flip, to-tensor, normalize, as torchvision's
@@ -56,7 +56,7 @@ class BenchError(ValueError):
 
 class PilImages(torch.utils.data.Dataset):
     """The usual per-image pipeline: PIL image -> RandomCrop(size, padding=4) -> RandomHorizontalFlip
-    -> ToTensor -> Normalize, with torch's global RNG as torchvision draws it."""
+    -> ToTensor -> Normalize, drawing from torch's global RNG as torchvision does."""
 
     def __init__(self, split: ArrayDataset, normalize: str, augment: bool):
         self.images = split.images.permute(0, 2, 3, 1).numpy()  # N x H x W x C for PIL
@@ -215,29 +215,28 @@ def _state_bytes(p: Pipeline) -> int:
     return sum(storages.values())
 
 
-def step_peak_bytes(p: Pipeline, device: torch.device) -> int:
-    """Peak memory of one training step: what the pipeline keeps between steps plus the highest
-    point of what the step allocates on top (CUDA allocator statistics on a GPU; on the CPU, the
-    profiler's record of every allocation and free during the step)."""
+def step_peak_bytes(p: Pipeline, device: torch.device, others: tuple[Pipeline, ...] = ()) -> int:
+    """Peak memory of one training step of ``p``. On a GPU: the allocator's peak during the step,
+    less what the ``others`` pipelines in this process keep (so CUDA-graph memory pools count).
+    On the CPU: what ``p`` keeps between steps plus the highest point of what the step allocates
+    on top, from the profiler's record of every allocation and free."""
     _set_threads(p.threads)
     if device.type == "cuda":
         _sync(device)
-        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         p.step()
         _sync(device)
-        transient = torch.cuda.max_memory_allocated(device) - before
-    else:
-        from torch.profiler import ProfilerActivity, profile
+        return torch.cuda.max_memory_allocated(device) - sum(_state_bytes(q) for q in others)
+    from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            p.step()
-        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                        key=lambda e: e.start_ns())
-        level = transient = 0
-        for e in events:
-            level += e.nbytes()
-            transient = max(transient, level)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        p.step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    level = transient = 0
+    for e in events:
+        level += e.nbytes()
+        transient = max(transient, level)
     return _state_bytes(p) + transient
 
 
@@ -378,7 +377,7 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
                 p.rates.append(time_window(p, steps, device))
             log(f"window {w + 1}/{windows}: " + "  ".join(f"{p.name} {p.rates[-1]:.0f}" for p in pipelines))
         for p in pipelines:
-            p.peak_bytes = step_peak_bytes(p, device)
+            p.peak_bytes = step_peak_bytes(p, device, tuple(q for q in pipelines if q is not p))
         evidence = profile_step(fast, device) if profile else None
         _set_threads(fast.threads)
         compute_dtype = torch.bfloat16 if built.bf16 else torch.float32

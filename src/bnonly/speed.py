@@ -192,9 +192,6 @@ def prepare(model: nn.Module, *, device: torch.device, bf16: bool, compile: bool
     if bf16:
         precast_frozen(model, torch.bfloat16)
     if checkpoint_segments:
-        if compile:
-            raise SpeedOptionError("activation checkpointing and compile cannot be combined here "
-                                   "(compile does not support the statistics-preserving recompute); choose one")
         checkpoint_blocks(model, checkpoint_segments)
     if compile:
         model.compile(**compile_options(device))
