@@ -4,18 +4,18 @@ Two pipelines train the same model under the same what-trains spec and batch siz
 
 - **fast**: exactly what ``bnonly train`` runs: ``training.build`` (device-resident uint8 data
   augmented in batch, the measured-fastest memory format and dtype, frozen weights pre-cast
-  when that dtype is bf16, optional compile / activation checkpointing) and ``Trainer``'s own step, whose optimizer
-  holds only the trainable tensors;
+  when that dtype is bf16, optional compile / activation checkpointing) and ``Trainer``'s own
+  step, whose optimizer holds only the trainable tensors;
 - **conventional**: a torch ``DataLoader`` (all defaults: no workers) over the images with
   per-image PIL transforms (pad-4 random crop, flip, to-tensor, normalize, as torchvision's
   CIFAR recipe), a float32 NCHW eager model and ``SGD(model.parameters())``.
 
-Timed windows alternate between the pipelines, so a machine shared with other jobs slows
-both alike; each reports the median images/s over its windows, and the speedup is the median
-of the ratios of back-to-back windows. Next to throughput: the peak
-memory of one step, the counted FLOPs per image of a step (conv and linear, forward plus the
-gradients that step actually computes), and the achieved FLOP rate as a fraction of the
-matmul peak this run measures on the device, in the fast path's compute dtype and in bf16.
+Timed windows alternate between the pipelines, so a machine shared with other jobs slows both
+alike; each reports the median images/s over its windows, and the speedup is the median of the
+ratios of back-to-back windows. Next to throughput: the peak memory of one step, the counted
+FLOPs per image of a step (conv and linear, forward plus the gradients that step actually
+computes), and the achieved FLOP rate as a fraction of the matmul peak this run measures on
+the device, in the fast path's compute dtype and in bf16.
 """
 
 from __future__ import annotations
