@@ -5,12 +5,13 @@ import statistics
 
 import pandas as pd
 import pytest
+import yaml
 
 from bnonly import paper_numbers as paper
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import create_model
-from bnonly.report import ReportError, make_report, model_shape, read_expected
+from bnonly.report import ReportError, make_report, model_shape, normalized
 from bnonly.rundir import atomic_write_json
 from bnonly.trainable import bn_param_count
 from bnonly.training import train
@@ -28,16 +29,18 @@ def reported(tmp_path_factory):
     runs = root / "runs"
     summaries = [train(TrainConfig(**TINY, model=m, train=t, seed=s, out=str(runs)), log=lambda *_: None)
                  for m, t, s in RUNS]
-    # An unfinished run (config written, no summary) and an expected one never started.
+    # The sweep these runs belong to has two more: one interrupted before its first epoch ended
+    # (config written, no summary), one never started.
     pending = TrainConfig(**TINY, model="cifar_resnet_8_8", train="output", seed=0, out=str(runs))
     atomic_write_json(runs / pending.run_name / "config.json", pending.to_dict())
-    expected = root / "expected.txt"
-    expected.write_text("# model train seed\n" + "".join(f"{m} {t} {s}\n" for m, t, s in RUNS)
-                        + "cifar_resnet_8_8 output 0\ncifar_resnet_20_8 bn 0  # not started\n")
+    sweep = root / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(dict(base=TINY, grid=[
+        dict(model=[m], train=[t], seed=[s]) for m, t, s in RUNS + [("cifar_resnet_8_8", "output", 0),
+                                                                  ("cifar_resnet_20_8", "bn", 0)]])))
     note = root / "note.md"
     note.write_text("A note on **how** these runs were made.\n")
     out = root / "out"
-    report = make_report(runs, out, title="Tiny report", note=note, expected=expected, analyze=True,
+    report = make_report(runs, out, title="Tiny report", note=note, sweep=sweep, analyze=True,
                          analyze_options=dict(draws=2, figures=False), log=lambda *_: None)
     return dict(root=root, runs=runs, out=out, report=report, summaries=summaries)
 
@@ -73,8 +76,8 @@ def test_report_markdown_and_figures(reported):
     assert "**The schedule is shortened**: 2 epochs instead of the recipe's 160" in text
     assert "lr ×0.1 at epochs 1, 1.5" in text
     # Unfinished and never-started runs are named.
-    assert "`cifar_resnet_8_8 output seed 0`: started, no epoch finished yet" in text
-    assert "`cifar_resnet_20_8 bn seed 0`: not started" in text
+    assert "`cifar_resnet_8_8` `output` seed 0: interrupted, no epoch done yet" in text
+    assert "`cifar_resnet_20_8` `bn` seed 0: not started" in text
     assert "Not finished yet: 2 run(s)" in text
     # Published numbers appear with their source; the bn vs random comparison is filled in.
     assert "| deep ResNet, CIFAR-10, BN-only (ResNet-866) | 82.0% | [paper] abstract | not run here |" in text
@@ -92,10 +95,8 @@ def test_report_cli_and_errors(reported, tmp_path, capsys):
     empty.mkdir()
     assert main(["report", str(empty)]) == 2
     assert "no finished runs" in capsys.readouterr().err
-    with pytest.raises(ReportError, match="MODEL TRAIN SEED"):
-        bad = tmp_path / "bad.txt"
-        bad.write_text("cifar_resnet_14 bn\n")
-        read_expected(bad)
+    with pytest.raises(ReportError, match="is not a folder"):
+        make_report(tmp_path / "nowhere")
 
 
 def test_report_without_analyses_says_so(tmp_path):
@@ -105,6 +106,13 @@ def test_report_without_analyses_says_so(tmp_path):
     text = make_report(runs, tmp_path / "out").read_text()
     assert "No run has an analysis.json yet" in text
     assert "No depth sweep among these runs" in text and "Not analysed yet (1)" in text
+
+
+def test_configs_of_one_recipe_written_by_older_versions_compare_equal():
+    today = TrainConfig(model="cifar_resnet_14", data="d").to_dict()
+    older = {k: v for k, v in today.items() if k not in ("image_size", "sync_bn")} | {"augment": "cifar"}
+    assert normalized(older) == normalized(today)
+    assert normalized(today | {"augment": "none"})["augment"] == "none"
 
 
 def test_model_shape():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds this folder (the committed CIFAR-10 reproduction report) from the reproduction's runs.
 #   Step 1, training (hours on a CPU; re-running skips finished runs and resumes interrupted ones):
-#     THREADS=1 nice scripts/reproduce_cifar10.sh /root/bnonly-repro/runs
+#     nice bnonly sweep sweeps/reproduce_cpu.yaml --out /root/bnonly-repro/runs --jobs 1
 #   Step 2, this script: analyse every finished run, then gather them into report.md.
 # Usage, from anywhere: results/cifar10_repro/make_report.sh [RUNS_DIR]
 set -euo pipefail
@@ -10,4 +10,4 @@ RUNS=${1:-/root/bnonly-repro/runs}
 HERE=results/cifar10_repro
 nice bnonly analyze "$RUNS" --threads "${THREADS:-1}"
 bnonly report "$RUNS" --out "$HERE" --title "bnonly: a first CIFAR-10 reproduction (shortened schedule)" \
-  --note "$HERE/notes.md" --expected "$HERE/expected.txt"
+  --note "$HERE/notes.md" --sweep sweeps/reproduce_cpu.yaml

@@ -28,11 +28,11 @@ from . import analysis as an
 from . import config as cfgmod
 from . import paper_numbers as paper
 from .models import cifar_resnet, imagenet_resnet
-from .rundir import RunDir, atomic_write_bytes, read_json
+from .rundir import RunDir, read_json
 
 
 class ReportError(ValueError):
-    """Nothing to report on, or a bad option."""
+    """Nothing to report on."""
 
 
 _MODEL = re.compile(r"(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_(?P<depth>\d+)(?:_(?P<width>\d+))?")
@@ -89,10 +89,20 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
             row.update({f"ablation_{k}": ab[k] for k in ("n_zeroed", "baseline_acc", "disabled_zeroed_acc",
                                                         "random_zeroed_acc_mean", "random_zeroed_acc_std")})
         rows.append(row)
-        configs.append(cfg)
+        configs.append(normalized(cfg))
     for row, variant in zip(rows, _variants(configs)):
         row["variant"] = variant
     return rows, analyses, configs
+
+
+def normalized(cfg: dict) -> dict:
+    """A run's config.json in today's terms, so runs of one recipe written by older versions compare
+    equal: fields added since take their (no-op) defaults, and ``augment`` "cifar"/"imagenet" read
+    as "auto", which is exactly what "auto" picks wherever those are valid (arrays / streamed folders)."""
+    values = cfgmod.TrainConfig().to_dict() | cfg
+    if values.get("augment") in ("cifar", "imagenet"):
+        values["augment"] = "auto"
+    return values
 
 
 def _variants(configs: list[dict]) -> list[str]:
@@ -108,34 +118,32 @@ def _fmt_value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def unfinished(root: str | Path) -> list[dict]:
-    """Run folders below ``root`` that have not finished: running, interrupted or failed."""
-    out = []
+def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[dict]:
+    """Runs not finished: run folders below ``root`` without a "done" summary (running,
+    interrupted or failed) and, given a sweep file, the sweep's runs not started at all."""
+    out, seen = [], set()
     for cfg_path in sorted(Path(root).rglob("config.json")):
         run = RunDir(cfg_path.parent)
         if run.is_done():
             continue
-        cfg, summary = read_json(run.config) or {}, run.read_summary() or {}
-        metrics = run.read_metrics()
-        status = "failed: " + summary.get("reason", "") if summary.get("status") == "failed" else (
-            f"in progress or interrupted (epoch {metrics[-1]['epoch']:g} of {cfg.get('epochs', 0):g})" if metrics
-            else "started, no epoch finished yet")
+        seen.add(run.path.name)
+        cfg, summary, metrics = read_json(run.config) or {}, run.read_summary() or {}, run.read_metrics()
+        if summary.get("status") == "failed":
+            status = "failed: " + summary.get("reason", "")
+        else:
+            status = "training now" if run.is_locked() else "interrupted"
+            status += f", {metrics[-1]['epoch']:g} of {cfg.get('epochs', 0):g} epochs done" if metrics else \
+                ", no epoch done yet"
         out.append(dict(run=run.path.name, model=cfg.get("model"), train=cfg.get("train"), seed=cfg.get("seed"),
                         status=status))
+    if sweep_file is not None:
+        from .sweep import expand, load_spec
+
+        for cfg in expand(load_spec(sweep_file), out=str(root)):
+            if cfg.run_name not in seen and not RunDir(Path(root) / cfg.run_name).is_done():
+                out.append(dict(run=cfg.run_name, model=cfg.model, train=cfg.train, seed=cfg.seed,
+                                status="not started"))
     return out
-
-
-def read_expected(path: str | Path) -> list[tuple[str, str, int]]:
-    """Expected runs, one ``MODEL TRAIN SEED`` per line (``#`` starts a comment)."""
-    expected = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        parts = line.split("#", 1)[0].split()
-        if not parts:
-            continue
-        if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-            raise ReportError(f"{path}:{i}: expected 'MODEL TRAIN SEED', got {line.strip()!r}")
-        expected.append((parts[0], parts[1], int(parts[2])))
-    return expected
 
 
 def _number(v) -> float:
@@ -332,9 +340,10 @@ def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) ->
                                                     "fraction_dead", "k")]
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(g) + 2), 5.5))
+    several_seeds = bool((g["n_analyzed"] > 1).any())
     for i, (label, col, color) in enumerate(bars):
-        ax.bar(x + i * width, 100 * g[f"{col}_mean"], width, yerr=100 * g[f"{col}_std"].fillna(0), capsize=3,
-               color=color, label=label)
+        ax.bar(x + i * width, 100 * g[f"{col}_mean"], width, color=color, label=label,
+               **(dict(yerr=100 * g[f"{col}_std"].fillna(0), capsize=3) if several_seeds else {}))
     claim = paper.numbers("fraction_disabled")[0]
     ax.axhline(100 * claim.value, color="C3", ls="--", lw=1.5,
                label=f"{claim.source} BN-only disables 'around a third'")
@@ -359,7 +368,8 @@ def fig_ablation(plt, groups, path: Path) -> Path | None:
     ax.bar(x + 2 * width, 100 * g["ablation_random_zeroed_acc_mean_mean"], width,
            yerr=100 * g["ablation_random_zeroed_acc_std_mean"], capsize=3, color="C7",
            label="as many random features zeroed (error bar: std over draws)")
-    ax.set_xticks(x + width, [_group_label(r) for _, r in g.iterrows()], fontsize=8)
+    ax.set_xticks(x + width, [f"{_group_label(r)}\n{r['ablation_n_zeroed_mean']:.0f} zeroed" for _, r in g.iterrows()],
+                  fontsize=8)
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="Ablation: zeroing disabled vs random BN features "
                                                             "(mean over seeds)")
     ax.grid(alpha=0.3, axis="y")
@@ -441,8 +451,7 @@ def _paper_rows(groups) -> list[list]:
     return rows
 
 
-def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict],
-                    missing: list[tuple], note: str | None, command: str | None, thresholds: list[str]) -> str:
+def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict], note: str | None, command: str | None, thresholds: list[str]) -> str:
     md = [f"# {title}", ""]
     if note:
         md += [note.strip(), ""]
@@ -450,12 +459,9 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
            f"{len(df)} finished run(s) gathered from `{root}`; together they trained for "
            f"{_duration(df['wall_seconds'].sum())} "
            f"(sum of each run's wall time, device(s): {', '.join(sorted(set(map(str, df['device']))))}).", ""]
-    if pending or missing:
-        md += [f"**Not finished yet: {len(pending) + len(missing)} run(s).** The tables and figures below "
-               "lack them.", ""]
-        md += [f"- `{p['model']} {p['train']} seed {p['seed']}`: {p['status']}" for p in pending]
-        md += [f"- `{m} {t} seed {s}`: not started" for m, t, s in missing]
-        md += [""]
+    if pending:
+        md += [f"**Not finished yet: {len(pending)} run(s).** The tables and figures below lack them.", ""]
+        md += [f"- `{p['model']}` `{p['train']}` seed {p['seed']}: {p['status']}" for p in pending] + [""]
     md += ["Recipe of the runs gathered:", ""] + _setup_lines(configs) + [""]
     if command:
         md += ["Produced by:", "", "```", command, "```", ""]
@@ -480,7 +486,8 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
 
     md += ["## Accuracy against depth, width and trainable parameters", ""]
     md += _figure(figures, "depth", "Accuracy against depth. Lines with circles: this study (mean ± std over seeds). "
-                  "Stars and hollow diamonds: published numbers, drawn as reference points only.",
+                  "Star: the paper's own number; hollow squares and diamonds: third-party numbers. "
+                  "Published numbers are reference points only (full-length training, original images).",
                   "No depth sweep among these runs (each model family and width has a single depth), and no "
                   "published numbers for their family and width.")
     md += _figure(figures, "width", "Accuracy against width (PAPER.md's headline table has no width numbers to draw).",
@@ -536,7 +543,7 @@ def _figure(figures: dict, key: str, caption: str, absent: str) -> list[str]:
 # --- the whole report ------------------------------------------------------------------------
 
 def make_report(root: str | Path, out: str | Path | None = None, *, title: str | None = None,
-                note: str | Path | None = None, expected: str | Path | None = None, analyze: bool = False,
+                note: str | Path | None = None, sweep: str | Path | None = None, analyze: bool = False,
                 analyze_options: dict | None = None, command: str | None = None, log=print) -> Path:
     """Gather the finished runs below ``root`` and write the tables and report into ``out``."""
     import pandas as pd
@@ -556,12 +563,7 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
     df = pd.DataFrame(rows)
     groups = aggregate(df)
 
-    pending = unfinished(root)
-    missing = []
-    if expected is not None:
-        have = {(r["model"], r["train"], r["seed"]) for r in rows} | {(p["model"], p["train"], p["seed"])
-                                                                     for p in pending}
-        missing = [e for e in read_expected(expected) if e not in have]
+    pending = unfinished(root, sweep)
 
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "runs.csv", index=False)
@@ -583,10 +585,10 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
     }
     text = render_markdown(
         title=title or f"bnonly report: {root.name}", root=root, df=df, groups=groups, figures=figures,
-        configs=configs, pending=pending, missing=missing, note=Path(note).read_text() if note else None,
+        configs=configs, pending=pending, note=Path(note).read_text() if note else None,
         command=command, thresholds=thresholds)
     report = out / "report.md"
-    atomic_write_bytes(report, lambda f: f.write(text.encode()))
+    report.write_text(text)
     return report
 
 
@@ -596,9 +598,9 @@ def cmd_report(args) -> int:
     command = " ".join(["bnonly report", shlex.quote(args.runs_dir), "--out", shlex.quote(out)]
                        + (["--title", shlex.quote(args.title)] if args.title else [])
                        + (["--note", shlex.quote(args.note)] if args.note else [])
-                       + (["--expected", shlex.quote(args.expected)] if args.expected else [])
+                       + (["--sweep", shlex.quote(args.sweep)] if args.sweep else [])
                        + (["--analyze"] if args.analyze else []))
-    report = make_report(args.runs_dir, out, title=args.title, note=args.note, expected=args.expected,
+    report = make_report(args.runs_dir, out, title=args.title, note=args.note, sweep=args.sweep,
                          analyze=args.analyze, analyze_options=options, command=command)
     import pandas as pd
 
@@ -618,8 +620,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RUNS_DIR/report)")
     p.add_argument("--title", default=None, help="report title")
     p.add_argument("--note", default=None, help="Markdown file placed under the title (context, discussion)")
-    p.add_argument("--expected", default=None,
-                   help="file of expected runs, one 'MODEL TRAIN SEED' per line: the report lists those missing")
+    p.add_argument("--sweep", default=None, metavar="SPEC_FILE",
+                   help="the sweep file the runs come from (bnonly sweep): its runs not finished are listed")
     p.add_argument("--analyze", action="store_true",
                    help="first run `bnonly analyze` (default options) on finished runs that lack analysis.json")
     p.add_argument("--data", default=None, help="with --analyze: dataset path, if it moved since training")
