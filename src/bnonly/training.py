@@ -70,7 +70,8 @@ def fast_defaults(device: torch.device) -> tuple[bool, bool]:
 
 def _cpu_has_native_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
