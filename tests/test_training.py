@@ -162,3 +162,37 @@ def test_streamed_imagenet_style_folder_trains(tmp_path):
     assert summary["status"] == "done" and len(metrics) == 2
     assert metrics[0]["step"] == 3 and summary["steps"] == 6  # 24 images, batch 8, drop_last
     assert summary["total_params"] == sum(p.numel() for p in create_model("imagenet_resnet_18_8", 2).parameters())
+
+
+def test_compiled_model_is_evaluated_eagerly():
+    """Evaluation must not make torch.compile build a second (eval-mode, test-batch) model."""
+    from bnonly.data import make_batches, open_dataset
+    from bnonly.training import evaluate
+
+    torch.manual_seed(0)
+    data = open_dataset("synthetic:train=64,test=48,classes=4,size=16")
+    test = make_batches(data.test, batch_size=20, train=False, seed=0, device="cpu", augment="none",
+                        normalize="imagenet", channels_last=False)
+    x = torch.randn(8, 3, 16, 16)
+    reference = create_model("cifar_resnet_8_8", 4, seed=0)
+    reference(x)  # the same running-statistics update the compiled model gets below
+    expected = evaluate(reference, test, bf16=False, device=torch.device("cpu"))
+    model = create_model("cifar_resnet_8_8", 4, seed=0)
+
+    compiled_graphs = []
+
+    def counting_backend(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model.compile(backend=counting_backend)
+    model.train()
+    model(x).sum().backward()
+    assert len(compiled_graphs) == 1
+    got = evaluate(model, test, bf16=False, device=torch.device("cpu"))
+    assert len(compiled_graphs) == 1, "evaluation compiled another graph"
+    assert model.training
+    assert got["test_acc"] == expected["test_acc"]
+    assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-5)
+    torch._dynamo.reset()

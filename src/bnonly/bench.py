@@ -294,6 +294,7 @@ def profile_step(p: Pipeline, device: torch.device, top: int = 12) -> dict:
     """What one step of ``p`` runs: convolution backward calls by output mask (input, weight,
     bias gradients), dtype casts (all, and of tensors shaped as a frozen weight), parameters the
     optimizer holds, frozen parameters holding a gradient, and the ops taking the most time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     _set_threads(p.threads)
@@ -313,11 +314,15 @@ def profile_step(p: Pipeline, device: torch.device, top: int = 12) -> dict:
             weight_casts += bool(e.input_shapes) and tuple(e.input_shapes[0]) in frozen_shapes
     held = sum(len(g["params"]) for g in p.optimizer.param_groups) if p.optimizer else 0
     averages = prof.key_averages()
-    table = averages.table(sort_by="self_cpu_time_total", row_limit=top)
-    evidence = {}
-    if device.type == "cpu":  # on a GPU the CPU-side times are launch times
+    if device.type == "cpu":
+        table = averages.table(sort_by="self_cpu_time_total", row_limit=top)
         evidence = dict(step_s=sum(a.self_cpu_time_total for a in averages) / 1e6,
                         conv_s=sum(a.self_cpu_time_total for a in averages if "convolution" in a.key) / 1e6)
+    else:  # on a GPU: the kernels' busy time, and what the CPU spends its time on meanwhile
+        table = (averages.table(sort_by="self_device_time_total", row_limit=top) + "\n"
+                 + averages.table(sort_by="self_cpu_time_total", row_limit=top))
+        kernels = [a for a in averages if a.device_type != DeviceType.CPU and not getattr(a, "is_user_annotation", False)]
+        evidence = dict(gpu_busy_s=sum(a.self_device_time_total for a in kernels) / 1e6)
     return dict(**evidence,
         conv_backward_by_mask=dict(masks),
         to_copy_calls=casts,
@@ -441,22 +446,27 @@ def format_report(r: dict) -> str:
              f"counted FLOPs/image of a step: {r['flops_per_image'] / 1e6:.1f} M "
              f"(forward {r['forward_flops_per_image'] / 1e6:.1f} M);  measured matmul peak: {peaks}",
              f"{'pipeline':<18}{'threads':>8}{'img/s':>10}{'peak MiB':>10}{'1st step s':>11}{'GFLOP/s':>9}"
-             f"{'% ' + dt + ' peak':>15}{'% bf16 peak':>13}"]
+             f"{'% ' + dt + ' peak':>17}{'% bf16 peak':>13}"]
     for row in r["rows"]:
         lines.append(f"{row['pipeline']:<18}{row['threads']:>8}{row['images_per_s']:>10.1f}{row['peak_mib']:>10.1f}"
                      f"{row['first_step_s']:>11.2f}{row['achieved_gflops']:>9.2f}"
-                     f"{100 * row[f'fraction_of_{dt}_peak']:>14.1f}%{100 * row['fraction_of_bfloat16_peak']:>12.1f}%")
+                     f"{100 * row[f'fraction_of_{dt}_peak']:>16.1f}%{100 * row['fraction_of_bfloat16_peak']:>12.1f}%")
     if "speedup" in r:
         lines.append(f"fast / conventional (median of paired windows): {r['speedup']:.2f}x"
                      + (f"  (at the same thread count: {r['speedup_same_threads']:.2f}x)" if "speedup_same_threads" in r else ""))
     lines.append(f"process max RSS {r['max_rss_mib']:.0f} MiB;  load average at start {r['load_average']}")
     if "profile" in r:
         e = r["profile"]
+        masks = e["conv_backward_by_mask"] or "none visible (compiled: the convolutions run inside the graph)"
         lines += [f"profile of one fast step: convolution_backward calls by output mask [input, weight, bias]: "
-                  f"{e['conv_backward_by_mask']};  aten::_to_copy calls: {e['to_copy_calls']} (of frozen-weight shape: "
+                  f"{masks};  aten::_to_copy calls: {e['to_copy_calls']} (of frozen-weight shape: "
                   f"{e['frozen_weight_casts']});  optimizer holds "
                   f"{e['optimizer_tensors']} of {e['parameter_tensors']} parameter tensors ({e['trainable_tensors']} "
                   f"trainable);  frozen tensors holding a gradient: {e['frozen_with_grad']}"]
+        if "gpu_busy_s" in e:  # busy time near the step time: GPU-bound; far below: launch-bound
+            step_s = r["batch_size"] / r["rows"][0]["images_per_s"]
+            lines.append(f"GPU kernels busy {1e3 * e['gpu_busy_s']:.2f} ms of a {1e3 * step_s:.2f} ms step "
+                         f"({100 * e['gpu_busy_s'] / step_s:.0f}%)")
         if "conv_share" in e:
             lines.append(f"convolutions: {100 * e['conv_share']:.0f}% of the profiled step's CPU time, at "
                          f"{e['conv_gflops']:.1f} GFLOP/s ({100 * e['conv_gflops'] / r['matmul_peak_gflops'][dt]:.0f}% "

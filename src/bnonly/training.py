@@ -131,6 +131,9 @@ def evaluate(model: nn.Module, batches, *, bf16: bool, device: torch.device, acr
     """Test loss, top-1 and top-5 accuracy (fractions) with running BN statistics.
 
     ``across_ranks``: ``batches`` is this rank's shard; the counts are summed over ranks.
+    A compiled model is evaluated eagerly: eval mode and the test batch size would each make
+    torch.compile build (and on CUDA, graph-capture) a second model, which costs more than a
+    forward-only pass over the test set saves.
     """
     was_training = model.training
     model.eval()
@@ -138,7 +141,7 @@ def evaluate(model: nn.Module, batches, *, bf16: bool, device: torch.device, acr
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    with torch.no_grad(), _autocast(device, bf16):
+    with torch.no_grad(), _autocast(device, bf16), torch.compiler.set_stance("force_eager"):
         for x, y in batches.batches(0):
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
