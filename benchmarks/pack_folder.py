@@ -44,15 +44,17 @@ def unpack(source: Path, folder: Path) -> int:
     at += 8
     index = json.loads(data[at:at + n])
     at += n
-    for name, size in index:
-        path = folder / name
+    missing = at + sum(size for _, size in index) - len(data)
+    if missing:  # checked before anything is written
+        raise SystemExit(f"error: {source} is truncated or damaged ({missing:+d} bytes against its index)")
+    for name, _ in index:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise SystemExit(f"error: unsafe name in pack: {name}")
+    for name, size in index:
+        path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data[at:at + size])
         at += size
-    if at != len(data):
-        raise SystemExit(f"error: {source} is truncated or damaged ({len(data) - at} bytes unaccounted for)")
     return len(index)
 
 
