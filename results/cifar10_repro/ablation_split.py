@@ -49,7 +49,8 @@ def split_ablation(run_dir: Path, threads: int | None) -> dict:
     relu_fed = relu_fed_batchnorms(loaded.model)
     disabled = {layer["name"]: torch.tensor(layer["channels"]["off_share"]) >= share for layer in analysis["layers"]}
     result = dict(run=run_dir.name, baseline=analysis["ablation"]["baseline_acc"],
-                  all_zeroed=analysis["ablation"]["disabled_zeroed_acc"], n_all=analysis["ablation"]["n_zeroed"])
+                  all_zeroed=analysis["ablation"]["disabled_zeroed_acc"], n_all=analysis["ablation"]["n_zeroed"],
+                  features_relu_fed=sum(m.numel() for name, m in disabled.items() if name in relu_fed))
     for kind, keep in (("relu_fed", lambda name: name in relu_fed), ("residual", lambda name: name not in relu_fed)):
         masks = {name: mask for name, mask in disabled.items() if keep(name)}
         result[f"n_{kind}"] = int(sum(int(m.sum()) for m in masks.values()))
@@ -65,16 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="a folder holding finished runs, analysed by `bnonly analyze`")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="run folder names to include (default: all)")
     args = parser.parse_args(argv)
-    runs = [p for p in finished_runs(args.runs) if (p / ANALYSIS_FILE).exists()]
+    runs = [p for p in finished_runs(args.runs) if (p / ANALYSIS_FILE).exists()
+            and (args.only is None or p.name in args.only)]
     if not runs:
         raise SystemExit(f"error: no analysed finished runs below {args.runs}; run `bnonly analyze {args.runs}` first")
-    print("| run | test acc | all disabled zeroed | ReLU-fed disabled zeroed | residual-side disabled zeroed |")
-    print("|---|---|---|---|---|")
+    print("| run | test acc | all disabled zeroed (n) | ReLU-fed disabled zeroed (n) | residual-side disabled zeroed (n) "
+          "| disabled share of ReLU-fed features |")
+    print("|---|---|---|---|---|---|")
     for run_dir in runs:
         r = split_ablation(run_dir, args.threads)
         print(f"| {r['run']} | {100 * r['baseline']:.1f} | {100 * r['all_zeroed']:.1f} ({r['n_all']}) "
-              f"| {100 * r['relu_fed']:.1f} ({r['n_relu_fed']}) | {100 * r['residual']:.1f} ({r['n_residual']}) |",
+              f"| {100 * r['relu_fed']:.1f} ({r['n_relu_fed']}) | {100 * r['residual']:.1f} ({r['n_residual']}) "
+              f"| {100 * r['n_relu_fed'] / r['features_relu_fed']:.1f}% of {r['features_relu_fed']} |",
               flush=True)
     return 0
 
