@@ -1,7 +1,5 @@
 """The fast-path preparation computes exactly what the plain model computes, and costs less."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F

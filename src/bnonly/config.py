@@ -156,19 +156,25 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON mapping of config fields."""
+def read_yaml(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
+    """The parsed YAML (or JSON) of file ``path`` ({} when empty); a missing file or bad syntax
+    raises ``error`` naming it as ``what`` ("config file", "sweep file")."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
+        raise error(f"{what} {p} does not exist")
     try:
-        values = yaml.safe_load(p.read_text()) or {}
+        return yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML/JSON: {e}") from None
+        raise error(f"{what} {p} is not valid YAML/JSON: {e}") from None
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of config fields."""
+    values = read_yaml(path, "config file")
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of field: value")
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
     return values
 
 

@@ -46,15 +46,8 @@ class Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SweepError(f"sweep file {p} is not valid YAML: {e}") from None
+    raw = cfgmod.read_yaml(p, "sweep file", SweepError)
     if not isinstance(raw, dict) or set(raw) - set(SPEC_KEYS):
         raise SweepError(f"sweep file {p} must be a mapping with keys {', '.join(SPEC_KEYS)}; "
                          f"got {sorted(raw) if isinstance(raw, dict) else type(raw).__name__}")
