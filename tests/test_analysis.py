@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bnonly.analysis import (AnalysisError, OffCounter, analyze_model, analyze_run, describe, fraction_below,
-                             random_masks, zeroed_features)
+                             random_masks, relu_fed_batchnorms, zeroed_features)
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import create_model
@@ -104,6 +104,10 @@ def test_hand_set_model_statistics_disabled_features_and_ablation():
     assert ab["random_zeroed_acc_mean"] < 0.9  # zeroing ch0 or ch2 costs accuracy
     assert ab["random_zeroed_acc_mean"] == pytest.approx(np.mean(ab["random_zeroed_acc"]))
     assert ab["random_zeroed_acc_std"] == pytest.approx(np.std(ab["random_zeroed_acc"], ddof=1))
+    # The only BN feeds a ReLU: the ReLU-fed ablation is the overall one, and nothing is 'other'.
+    assert a["layers"][0]["feeds_relu"] is True
+    assert (a["n_relu_fed_features"], a["n_dead_relu_fed"], a["fraction_dead_relu_fed"]) == (4, 2, 0.5)
+    assert ab["by_destination"] == {"relu_fed": {k: v for k, v in ab.items() if k != "by_destination"}}
     again = analyze_model(model, Batches(x, y), draws=6, seed=0)["ablation"]
     assert again["random_zeroed_acc"] == ab["random_zeroed_acc"]  # seeded draws
     assert json.loads(json.dumps(a)) == a  # analysis.json-ready
@@ -190,6 +194,71 @@ def test_stem_feature_disabled_by_hand_in_a_real_resnet_is_found_and_free_to_zer
     with torch.no_grad(), zeroed_features(model, {"bn": torch.arange(8) == 3}):
         assert torch.equal(model(x).argmax(1), y)
     assert a["test"]["test_acc"] == 1.0
+
+
+def test_relu_fed_batchnorms_follow_the_data_flow_not_the_names():
+    resnet = relu_fed_batchnorms(create_model("cifar_resnet_8_8", 4))
+    assert resnet == {"bn", "blocks.0.bn1", "blocks.1.bn1", "blocks.2.bn1"}  # bn2 and shortcuts feed the sum
+    assert relu_fed_batchnorms(create_model("cifar_vgg_11", 10)) == {
+        n for n, m in create_model("cifar_vgg_11", 10).named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+    class FunctionalRelu(nn.Module):  # F.relu and Tensor.relu_ count; a BN also used elsewhere does not
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.BatchNorm2d(2), nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            a = torch.nn.functional.relu(self.a(x))
+            b = self.b(a).relu_()
+            c = self.c(b)
+            return torch.relu(c) + c
+
+    assert relu_fed_batchnorms(FunctionalRelu()) == {"a", "b"}
+
+
+def test_ablation_split_separates_relu_fed_from_residual_side_features():
+    """A disabled stem channel (feeds a ReLU) is free to zero; a disabled channel of the last block's
+    second BN (feeds the residual sum) is not: zeroing removes its -50 from the sum, the shortcut's
+    channel passes the ReLU, and the classifier (weight 1000 on it) then always answers class 0."""
+    model = create_model("cifar_resnet_8_8", 4).eval()
+    with torch.no_grad():
+        model.bn.weight[3], model.bn.bias[3] = 0.0, -1.0
+        model.blocks[2].bn2.weight[5], model.blocks[2].bn2.bias[5] = 0.0, -50.0
+        model.blocks[2].shortcut[1].weight[5] = 1.0
+        model.fc.weight[:, 5] = torch.tensor([1000.0, 0.0, 0.0, 0.0])
+    x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    a = analyze_model(model, Batches(x, y, 32), draws=3)
+    dead = {layer["name"]: [i for i, s in enumerate(layer["channels"]["off_share"]) if s >= 0.99]
+            for layer in a["layers"]}
+    assert dead["bn"] == [3] and dead["blocks.2.bn2"] == [5]
+    assert {layer["name"]: layer["feeds_relu"] for layer in a["layers"]}["blocks.2.bn2"] is False
+    assert (y != 0).float().mean() > 0.9
+    relu_fed_features = 8 + 8 + 16 + 32  # stem + each stage's first BN
+    n_dead_relu_fed = sum(len(dead[n]) for n in ("bn", "blocks.0.bn1", "blocks.1.bn1", "blocks.2.bn1"))
+    assert a["n_relu_fed_features"] == relu_fed_features
+    assert a["fraction_dead_relu_fed"] == n_dead_relu_fed / relu_fed_features
+    split = a["ablation"]["by_destination"]
+    assert split["relu_fed"]["n_zeroed"] + split["other"]["n_zeroed"] == a["ablation"]["n_zeroed"] == a["n_dead"]
+    assert split["relu_fed"]["n_features"] == relu_fed_features
+    assert split["other"]["n_features"] == a["n_features"] - relu_fed_features
+    assert split["relu_fed"]["disabled_zeroed_acc"] == 1.0  # the ReLU output was zero already
+    assert split["other"]["disabled_zeroed_acc"] < 0.5  # class 0 wherever the shortcut channel is positive
+    assert a["ablation"]["disabled_zeroed_acc"] == split["other"]["disabled_zeroed_acc"]
+    assert len(split["other"]["random_zeroed_acc"]) == 3
+
+
+def test_a_model_fx_cannot_trace_is_analysed_without_the_split():
+    class DataDependent(HandSet):
+        def forward(self, x):
+            out = self.relu(self.bn(x))
+            return self.fc(out.mean((2, 3)) if out.sum() > 0 else out.amax((2, 3)))
+
+    x, y = hand_set_data()
+    a = analyze_model(DataDependent().eval(), Batches(x, y), draws=2)
+    assert a["ablation"]["by_destination"] is None and a["fraction_dead_relu_fed"] is None
+    assert a["layers"][0]["feeds_relu"] is None and a["n_dead"] == 2
 
 
 def tiny_run(tmp_path, **kw):

@@ -61,6 +61,11 @@ def test_tables_hold_every_run_and_seed_statistics(reported):
     assert bn8["trainable_params"] == bn_param_count(create_model("cifar_resnet_8_8", 4))
     analyses = [json.loads(p.read_text()) for p in reported["runs"].glob("cifar_resnet_8_8.bn.*/analysis.json")]
     assert bn8["fraction_dead_mean"] == pytest.approx(statistics.mean(a["fraction_dead"] for a in analyses))
+    assert bn8["fraction_dead_relu_fed_mean"] == pytest.approx(
+        statistics.mean(a["fraction_dead_relu_fed"] for a in analyses))
+    for kind in ("relu_fed", "other"):  # the ablation split, averaged over seeds like every other number
+        assert bn8[f"ablation_{kind}_disabled_zeroed_acc_mean"] == pytest.approx(statistics.mean(
+            a["ablation"]["by_destination"][kind]["disabled_zeroed_acc"] for a in analyses))
     # Order: all before bn before the random baseline.
     assert list(groups[groups["model"] == "cifar_resnet_8_8"]["train"]) == ["all", "bn", "random:matched"]
 
@@ -83,6 +88,7 @@ def test_report_markdown_and_figures(reported):
     assert "| deep ResNet, CIFAR-10, BN-only (ResNet-866) | 82.0% | [paper] abstract | not run here |" in text
     assert "cifar_resnet_8_8: bn " in text and "vs random:matched" in text
     assert "| cifar_resnet_8_8 | `bn` | 0,1 |" in text
+    assert "other BNs (residual side): as many random zeroed |" in text  # the split table's header
 
 
 def test_report_cli_and_errors(reported, tmp_path, capsys):

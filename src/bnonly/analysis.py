@@ -14,10 +14,18 @@ Definitions (the README's analysis section documents the JSON):
   the post-ReLU feature. For a BN that feeds a residual sum first (a block's second BN and its
   shortcut BN) it means "this channel never adds anything positive to the sum".
 * *Disabled* (or dead): off share ``>= dead_share`` (default 0.99).
+* *ReLU-fed* BN: one whose output is used only by ReLUs, found by tracing the model with
+  ``torch.fx``. Zeroing a disabled feature of a ReLU-fed BN changes the ReLU's output only on the
+  < 1 - dead_share of inputs where it was on. A BN whose output goes elsewhere first (in a ResNet:
+  a block's second BN and its shortcut BN, which feed the residual sum) is *other*: there a
+  disabled channel only never adds anything positive, and zeroing it removes a negative
+  contribution to the sum. A model fx cannot trace gets no split (``null`` in analysis.json).
 * Ablation: the disabled features' BN outputs are set to zero (forward hooks) and test accuracy
   is measured again; then as many features drawn uniformly at random from all BN features
   (several seeded draws) are zeroed instead. Features training has disabled should cost almost
-  nothing; random ones should hurt.
+  nothing; random ones should hurt. The same comparison is made within the ReLU-fed BNs alone
+  and within the other BNs alone (random draws from that kind's features), which shows where the
+  cost of the combined ablation comes from.
 
 Accuracy always comes from :func:`bnonly.training.evaluate`; the off shares are counted by hooks
 during the baseline evaluation itself, so one pass over the test set serves both.
@@ -33,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import config as cfgmod
@@ -47,7 +56,8 @@ DEFAULT_DEAD_SHARE = 0.99
 DEFAULT_DRAWS = 5
 ANALYSIS_FILE = "analysis.json"
 FIGURE_PREFIX = "analysis_"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DESTINATION_LABELS = {"relu_fed": "ReLU-fed BNs", "other": "other BNs (residual side)"}
 
 
 class AnalysisError(ValueError):
@@ -59,6 +69,34 @@ class AnalysisError(ValueError):
 def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """Every BatchNorm layer, in module order, found by type (never by name)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
+
+
+_RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
+
+
+def relu_fed_batchnorms(model: nn.Module) -> set[str] | None:
+    """Names of the BN layers whose output is used only by ReLUs, or None if fx cannot trace the model.
+
+    Tracing sees the real data flow (a module's position in ``named_modules`` does not say
+    whether a residual sum comes before its ReLU). Models with data-dependent control flow
+    cannot be traced; they are analysed without the ReLU-fed/other split.
+    """
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
+        return None
+    modules = dict(traced.named_modules())
+
+    def is_relu(node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(modules[node.target], nn.ReLU)
+        if node.op == "call_method":
+            return node.target in ("relu", "relu_")
+        return node.op == "call_function" and node.target in _RELU_FUNCTIONS
+
+    return {node.target for node in traced.graph.nodes
+            if node.op == "call_module" and isinstance(modules[node.target], _BatchNorm)
+            and node.users and all(is_relu(user) for user in node.users)}
 
 
 def affine_values(module: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +238,7 @@ def analyze_model(
     if not layers:
         raise AnalysisError("the model has no BatchNorm layers: there is nothing to analyse")
 
+    relu_fed = relu_fed_batchnorms(model)
     counter = OffCounter(layers)
     with counter:
         test = evaluate(model, test_batches, bf16=bf16, device=device)
@@ -225,6 +264,7 @@ def analyze_model(
             channels.update(init_gamma=_compact(init_g), init_beta=_compact(init_b))
         per_layer.append(dict(
             name=name, type=type(module).__name__, num_features=module.num_features, affine=module.affine,
+            feeds_relu=None if relu_fed is None else name in relu_fed,
             gamma=describe(gamma), beta=describe(beta), init_gamma=describe(init_g) if init_g is not None else None,
             fraction_gamma_below=fraction_below(gamma, thresholds),
             n_dead=int(dead.sum()), fraction_dead=dead.double().mean().item(),
@@ -242,6 +282,7 @@ def analyze_model(
         n_dead=int(dead.sum()),
         fraction_dead=dead.double().mean().item(),
         dead_relation=_dead_relation(dead, gamma, beta, thresholds),
+        **_relu_fed_counts(dead_masks, relu_fed),
         overall=dict(
             gamma=describe(gamma), abs_gamma=describe(gamma.abs()), beta=describe(beta),
             init_gamma=describe(torch.cat(init_gammas)) if init_gammas else None,
@@ -250,9 +291,36 @@ def analyze_model(
         test=dict(test, n_examples=test_batches.num_examples),
         layers=per_layer,
     )
-    result["ablation"] = ablation(model, test_batches, dead_masks, baseline_acc=test["test_acc"], draws=draws,
-                                  seed=seed, bf16=bf16, device=device)
+    run_ablation = dict(baseline_acc=test["test_acc"], draws=draws, seed=seed, bf16=bf16, device=device)
+    result["ablation"] = ablation(model, test_batches, dead_masks, **run_ablation)
+    result["ablation"]["by_destination"] = None if relu_fed is None else {
+        kind: _kind_ablation(model, test_batches, masks, result["ablation"], run_ablation)
+        for kind, masks in _split_by_destination(dead_masks, relu_fed).items()}
     return result
+
+
+def _split_by_destination(masks: dict[str, torch.Tensor], relu_fed: set[str]) -> dict[str, dict]:
+    """{"relu_fed": masks of the ReLU-fed BNs, "other": masks of the rest}, leaving out an empty kind."""
+    split = {"relu_fed": {n: m for n, m in masks.items() if n in relu_fed},
+             "other": {n: m for n, m in masks.items() if n not in relu_fed}}
+    return {kind: kind_masks for kind, kind_masks in split.items() if kind_masks}
+
+
+def _kind_ablation(model, test_batches, masks: dict, overall: dict, run_ablation: dict) -> dict:
+    """The ablation within one kind of BN; the overall result when the kind holds every BN layer."""
+    if sum(m.numel() for m in masks.values()) == overall["n_features"]:
+        return {k: v for k, v in overall.items() if k != "by_destination"}
+    return ablation(model, test_batches, masks, **run_ablation)
+
+
+def _relu_fed_counts(dead_masks: dict[str, torch.Tensor], relu_fed: set[str] | None) -> dict:
+    """Features of ReLU-fed BNs, and the disabled count and share among them (None without a trace)."""
+    if relu_fed is None:
+        return dict(n_relu_fed_features=None, n_dead_relu_fed=None, fraction_dead_relu_fed=None)
+    masks = [m for n, m in dead_masks.items() if n in relu_fed]
+    n_features, n_dead = sum(m.numel() for m in masks), int(sum(int(m.sum()) for m in masks))
+    return dict(n_relu_fed_features=n_features, n_dead_relu_fed=n_dead,
+                fraction_dead_relu_fed=n_dead / n_features if n_features else None)
 
 
 def _dead_relation(dead, gamma, beta, thresholds) -> dict:
@@ -463,19 +531,26 @@ def plot_run(analysis: dict, out_dir: str | Path) -> list[Path]:
     ax.legend()
     paths.append(_save(plt, fig, out_dir / f"{FIGURE_PREFIX}gamma_vs_beta.png"))
 
-    # 4. Ablation.
+    # 4. Ablation: all BNs, then ReLU-fed and other BNs alone where the model could be traced.
     ab = analysis["ablation"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    labels = ["no features zeroed", f"{ab['n_zeroed']} disabled\nfeatures zeroed",
-              f"{ab['n_zeroed']} random features\nzeroed ({ab['draws']} draws)"]
-    values = [100 * ab["baseline_acc"], 100 * ab["disabled_zeroed_acc"], 100 * ab["random_zeroed_acc_mean"]]
-    errors = [0, 0, 100 * ab["random_zeroed_acc_std"]]
-    ax.bar(labels, values, color=["C0", "C3", "C7"])
-    ax.errorbar([2], values[2:], yerr=errors[2:], color="k", capsize=6)
-    for i, (v, e) in enumerate(zip(values, errors)):
-        ax.text(i, v + e + 1, f"{v:.1f}" + (f" ± {e:.1f}" if e else ""), ha="center", va="bottom")
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 105),
-           title=f"Ablation (of {ab['n_features']} BN features)\n{_title(analysis)}")
+    parts = [("all BNs", ab)] + [(DESTINATION_LABELS[k], v) for k, v in (ab.get("by_destination") or {}).items()]
+    fig, ax = plt.subplots(figsize=(3 + 2.6 * len(parts), 4.5))
+    width = 0.27
+    ax.bar([0], [100 * ab["baseline_acc"]], width, color="C0", label="no features zeroed")
+    for i, (label, part) in enumerate(parts):
+        disabled, random = 100 * part["disabled_zeroed_acc"], 100 * part["random_zeroed_acc_mean"]
+        spread = 100 * part["random_zeroed_acc_std"]
+        x = i + 1
+        ax.bar([x - width / 2], [disabled], width, color="C3", label="disabled features zeroed" if i == 0 else None)
+        ax.bar([x + width / 2], [random], width, yerr=[spread], capsize=5, color="C7",
+               label=f"as many random features zeroed ({part['draws']} draws)" if i == 0 else None)
+        ax.text(x - width / 2, disabled + 1, f"{disabled:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.text(x + width / 2, random + spread + 1, f"{random:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.text(0, 100 * ab["baseline_acc"] + 1, f"{100 * ab['baseline_acc']:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(parts) + 1), ["baseline"] + [f"{label}\n{part['n_zeroed']} of {part['n_features']} "
+                                                         "features" for label, part in parts])
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 110), title=f"Ablation of BN features\n{_title(analysis)}")
+    ax.legend(fontsize=8, loc="upper right")
     paths.append(_save(plt, fig, out_dir / f"{FIGURE_PREFIX}ablation.png"))
     return paths
 
@@ -502,15 +577,20 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
 def summary_line(a: dict) -> str:
     small = "  ".join(f"<{k}: {100 * v:.1f}%" for k, v in a["fraction_gamma_below"].items())
     ab = a["ablation"]
-    return (
-        f"{a.get('run', '')}\n"
-        f"  test acc {a['test']['test_acc']:.4f}   |γ| {small}\n"
+    lines = [
+        f"{a.get('run', '')}",
+        f"  test acc {a['test']['test_acc']:.4f}   |γ| {small}",
         f"  disabled (off for >= {a['options']['dead_share']:.0%} of {a['test']['n_examples']} test inputs): "
-        f"{100 * a['fraction_dead']:.1f}% ({a['n_dead']}/{a['n_features']} features)\n"
-        f"  ablation: zero the {ab['n_zeroed']} disabled -> acc {ab['disabled_zeroed_acc']:.4f}; "
-        f"zero {ab['n_zeroed']} random -> {ab['random_zeroed_acc_mean']:.4f} ± {ab['random_zeroed_acc_std']:.4f} "
-        f"({ab['draws']} draws)"
-    )
+        f"{100 * a['fraction_dead']:.1f}% ({a['n_dead']}/{a['n_features']} features)"
+        + (f"; of ReLU-fed BN features {100 * a['fraction_dead_relu_fed']:.1f}% "
+           f"({a['n_dead_relu_fed']}/{a['n_relu_fed_features']})" if a.get("fraction_dead_relu_fed") is not None else ""),
+    ]
+    parts = [("ablation", ab)] + [(f"  {DESTINATION_LABELS[k]} only", v) for k, v in (ab.get("by_destination") or {}).items()]
+    for label, part in parts:
+        lines.append(f"  {label}: zero the {part['n_zeroed']} disabled -> acc {part['disabled_zeroed_acc']:.4f}; "
+                     f"zero {part['n_zeroed']} random -> {part['random_zeroed_acc_mean']:.4f} "
+                     f"± {part['random_zeroed_acc_std']:.4f} ({part['draws']} draws)")
+    return "\n".join(lines)
 
 
 def cmd_analyze(args) -> int:
@@ -559,5 +639,5 @@ def add_subcommand(subparsers) -> None:
 __all__ = [
     "ANALYSIS_FILE", "AnalysisError", "DEFAULT_DEAD_SHARE", "DEFAULT_DRAWS", "DEFAULT_THRESHOLDS", "OffCounter",
     "LoadedRun", "ablation", "affine_values", "analyze_model", "analyze_run", "bn_layers", "describe", "finished_runs",
-    "fraction_below", "load_run", "plot_run", "random_masks", "summary_line", "zeroed_features",
+    "fraction_below", "load_run", "plot_run", "random_masks", "relu_fed_batchnorms", "summary_line", "zeroed_features",
 ]

@@ -39,6 +39,7 @@ _MODEL = re.compile(r"(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_(?P<dep
 _DEFAULT_WIDTH = {"cifar_resnet": cifar_resnet.DEFAULT_WIDTH, "imagenet_resnet": imagenet_resnet.DEFAULT_WIDTH}
 _NOT_VARIANT = {"model", "train", "seed", "selection_seed"} | set(cfgmod.IDENTITY_EXCLUDED)
 # Specs in the order tables and legends list them; others follow alphabetically.
+ABLATION_KEYS = ("n_zeroed", "baseline_acc", "disabled_zeroed_acc", "random_zeroed_acc_mean", "random_zeroed_acc_std")
 _SPEC_ORDER = ("all", "bn", "bn+output", "gamma", "beta", "output", "random-per-channel:2", "random:matched")
 _SETUP_FIELDS = ("data", "epochs", "schedule_epochs", "milestones", "lr", "lr_gamma", "warmup_epochs", "batch_size",
                  "momentum", "weight_decay", "augment", "normalize", "gamma_init", "bn_affine")
@@ -85,9 +86,11 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
                        dead_share=a["options"]["dead_share"])
             row.update({f"gamma_below_{k}": v for k, v in a["fraction_gamma_below"].items()})
             row["dead_with_negative_beta"] = a["dead_relation"]["fraction_of_dead_with_negative_beta"]
+            row["fraction_dead_relu_fed"] = a.get("fraction_dead_relu_fed")  # absent from version-1 analyses
             ab = a["ablation"]
-            row.update({f"ablation_{k}": ab[k] for k in ("n_zeroed", "baseline_acc", "disabled_zeroed_acc",
-                                                        "random_zeroed_acc_mean", "random_zeroed_acc_std")})
+            row.update({f"ablation_{k}": ab[k] for k in ABLATION_KEYS})
+            for kind, part in (ab.get("by_destination") or {}).items():
+                row.update({f"ablation_{kind}_{k}": part[k] for k in ABLATION_KEYS if k != "baseline_acc"})
         rows.append(row)
         configs.append(normalized(cfg))
     for row, variant in zip(rows, _variants(configs)):
@@ -156,7 +159,8 @@ def aggregate(df):
     import pandas as pd
 
     value_cols = [c for c in df.columns if c.startswith(("gamma_below_", "ablation_"))] + [
-        c for c in ("test_acc", "test_top5", "fraction_dead", "dead_with_negative_beta", "wall_seconds") if c in df]
+        c for c in ("test_acc", "test_top5", "fraction_dead", "fraction_dead_relu_fed", "dead_with_negative_beta",
+                    "wall_seconds") if c in df]
     groups = []
     for (model, train, variant), g in df.groupby(["model", "train", "variant"], sort=False):
         first = g.iloc[0]
@@ -338,6 +342,8 @@ def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) ->
     bars = [(f"|γ| < {t}", f"gamma_below_{t}", blues(0.35 + 0.55 * i / max(1, len(thresholds) - 1)))
             for i, t in enumerate(thresholds)] + [(f"disabled (ReLU output zero for ≥ {shares} of test inputs)",
                                                     "fraction_dead", "k")]
+    if g.get("fraction_dead_relu_fed_mean") is not None and g["fraction_dead_relu_fed_mean"].notna().any():
+        bars.append(("disabled, among the features of BNs that feed a ReLU", "fraction_dead_relu_fed", "C1"))
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(g) + 2), 5.5))
     several_seeds = bool((g["n_analyzed"] > 1).any())
@@ -518,6 +524,7 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
                "Ablation columns: test accuracy (%) with nothing zeroed, with the disabled features' BN outputs "
                "zeroed, and with as many randomly chosen BN features zeroed (mean ± std over the random draws, "
                "averaged over seeds).", ""]
+        md += _destination_table(analyzed)
         md += _figure(figures, "gamma", "Learned γ (log-scale counts), pooled over seeds, for every spec that trains "
                       "γ, over the initial γ of one run.", "No analysed run trains γ.")
         md += _figure(figures, "disabled", "Small-γ and disabled fractions per model × what trains; the dashed line "
@@ -531,6 +538,32 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
            "- `runs.csv`, `runs.jsonl`: one row per run (`pd.read_json('runs.jsonl', lines=True)`).",
            "- `groups.csv`: one row per model × what trains, `*_mean` / `*_std` over seeds.", ""]
     return "\n".join(md)
+
+
+def _destination_table(analyzed) -> list[str]:
+    """Disabled share and ablation split by where each BN's output goes (ReLU or elsewhere)."""
+    kinds = [k for k in an.DESTINATION_LABELS if f"ablation_{k}_n_zeroed_mean" in analyzed]
+    if "fraction_dead_relu_fed_mean" not in analyzed or not kinds:
+        return []
+    headers = ["model", "what trains", "disabled, ReLU-fed BNs"]
+    for kind in kinds:
+        label = an.DESTINATION_LABELS[kind]
+        headers += [f"{label}: n zeroed", f"{label}: disabled zeroed", f"{label}: as many random zeroed"]
+    rows = []
+    for _, r in analyzed.iterrows():
+        row = [r["model"], f"`{_label(r['train'], r['variant'])}`",
+               _pct(r["fraction_dead_relu_fed_mean"], r["fraction_dead_relu_fed_std"])]
+        for kind in kinds:
+            n = r[f"ablation_{kind}_n_zeroed_mean"]
+            row += ["–" if n != n else f"{n:.0f}", _pct(r[f"ablation_{kind}_disabled_zeroed_acc_mean"]),
+                    _pct(r[f"ablation_{kind}_random_zeroed_acc_mean_mean"],
+                         r[f"ablation_{kind}_random_zeroed_acc_std_mean"])]
+        rows.append(row)
+    return ["The same, split by where each BN's output goes. A *ReLU-fed* BN's output goes only into a ReLU "
+            "(found by tracing the model), so its disabled features are zero after the ReLU already; the "
+            "*other* BNs (in a ResNet: each block's second BN and its shortcut BN) feed the residual sum, where "
+            "zeroing a disabled feature removes a negative contribution. Random draws are taken within the "
+            "same kind of BN. Accuracies in %, averaged over seeds.", "", _table(headers, rows), ""]
 
 
 def _figure(figures: dict, key: str, caption: str, absent: str) -> list[str]:
