@@ -196,3 +196,25 @@ def test_compiled_model_is_evaluated_eagerly():
     assert got["test_acc"] == expected["test_acc"]
     assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-5)
     torch._dynamo.reset()
+
+
+def test_thin_strided_1x1_conv_trains_in_nchw_on_the_cpu(tmp_path):
+    """A width-4 ResNet's downsampling shortcut (1x1, stride 2, 4 input channels) corrupts the heap
+    in channels_last backward on the CPU (PyTorch 2.13, one thread): such models fall back to NCHW.
+    Only the automatic choice falls back: asking for channels_last explicitly is an error."""
+    from bnonly.config import ConfigError
+    from bnonly.training import build
+
+    assert build(tiny(tmp_path, model="cifar_resnet_8_4")).channels_last is False
+    assert build(tiny(tmp_path)).channels_last is True  # width 8: the fast default stays
+    with pytest.raises(ConfigError, match="--no-channels-last or a width of 8"):
+        build(tiny(tmp_path, model="cifar_resnet_8_4", channels_last=True))
+    # In a child process, since the bug crashes the interpreter: one thread, backward through the shortcut.
+    # Without the fallback this run ends in a segfault (exit 139), measured.
+    done = subprocess.run([sys.executable, "-m", "bnonly", "train", "--model", "cifar_resnet_8_4", "--train", "all",
+                           "--data", "synthetic:train=1024,test=64,classes=4,size=32", "--epochs", "3",
+                           "--batch-size", "64", "--threads", "1", "--augment", "none", "--no-progress",
+                           "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["status"] == "done" and summary["channels_last"] is False

@@ -349,7 +349,7 @@ def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) ->
     several_seeds = bool((g["n_analyzed"] > 1).any())
     for i, (label, col, color) in enumerate(bars):
         ax.bar(x + i * width, 100 * g[f"{col}_mean"], width, color=color, label=label,
-               **(dict(yerr=100 * g[f"{col}_std"].fillna(0), capsize=3) if several_seeds else {}))
+               **(dict(yerr=100 * g[f"{col}_std"], capsize=3) if several_seeds else {}))
     claim = paper.numbers("fraction_disabled")[0]
     ax.axhline(100 * claim.value, color="C3", ls="--", lw=1.5,
                label=f"{claim.source} BN-only disables 'around a third'")

@@ -68,6 +68,17 @@ def fast_defaults(device: torch.device) -> tuple[bool, bool]:
     return True, _cpu_has_native_bf16()
 
 
+def has_thin_strided_1x1_conv(model: nn.Module) -> bool:
+    """Whether the model has a 1x1 strided convolution with fewer than 8 input channels.
+
+    On the CPU, PyTorch 2.13's backward of such a convolution in channels_last corrupts the
+    heap ("corrupted size vs. prev_size", then a crash) at one thread; a ResNet's downsampling
+    shortcut is one when the width is below 8. Such models train in NCHW on the CPU.
+    """
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8
+               for m in model.modules())
+
+
 def _cpu_has_native_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -108,10 +119,16 @@ def build(cfg: cfgmod.TrainConfig) -> Built:
     dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
     num_classes = cfg.num_classes or dataset.num_classes
     auto_cl, auto_bf16 = fast_defaults(device)
-    channels_last = auto_cl if cfg.channels_last is None else cfg.channels_last
     bf16 = auto_bf16 if cfg.bf16 is None else cfg.bf16
 
     model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
+    channels_last = auto_cl if cfg.channels_last is None else cfg.channels_last
+    if channels_last and device.type == "cpu" and has_thin_strided_1x1_conv(model):
+        if cfg.channels_last:
+            raise cfgmod.ConfigError(
+                f"{cfg.model} has a 1x1 stride-2 convolution with fewer than 8 input channels, whose channels_last "
+                "backward corrupts memory on the CPU (PyTorch 2.13): use --no-channels-last or a width of 8 or more")
+        channels_last = False
     selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
     model.to(device)
     if channels_last:
