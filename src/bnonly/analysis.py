@@ -273,6 +273,7 @@ def analyze_model(
 
     gamma, beta = torch.cat(gammas), torch.cat(betas)
     dead = torch.cat([dead_masks[n] for n, _ in layers])
+    by_kind = {} if relu_fed is None else _split_by_destination(dead_masks, relu_fed)
     result = dict(
         version=FORMAT_VERSION,
         options=dict(thresholds=list(thresholds), dead_share=dead_share, draws=draws, seed=seed),
@@ -282,7 +283,7 @@ def analyze_model(
         n_dead=int(dead.sum()),
         fraction_dead=dead.double().mean().item(),
         dead_relation=_dead_relation(dead, gamma, beta, thresholds),
-        **_relu_fed_counts(dead_masks, relu_fed),
+        **_relu_fed_counts(None if relu_fed is None else by_kind.get("relu_fed", {})),
         overall=dict(
             gamma=describe(gamma), abs_gamma=describe(gamma.abs()), beta=describe(beta),
             init_gamma=describe(torch.cat(init_gammas)) if init_gammas else None,
@@ -292,10 +293,11 @@ def analyze_model(
         layers=per_layer,
     )
     run_ablation = dict(baseline_acc=test["test_acc"], draws=draws, seed=seed, bf16=bf16, device=device)
-    result["ablation"] = ablation(model, test_batches, dead_masks, **run_ablation)
-    result["ablation"]["by_destination"] = None if relu_fed is None else {
-        kind: _kind_ablation(model, test_batches, masks, result["ablation"], run_ablation)
-        for kind, masks in _split_by_destination(dead_masks, relu_fed).items()}
+    result["ablation"] = overall = ablation(model, test_batches, dead_masks, **run_ablation)
+    # Where the model holds a single kind of BN (VGG: all ReLU-fed), its ablation is the overall one.
+    overall["by_destination"] = None if relu_fed is None else {
+        kind: dict(overall) if len(by_kind) == 1 else ablation(model, test_batches, masks, **run_ablation)
+        for kind, masks in by_kind.items()}
     return result
 
 
@@ -306,19 +308,12 @@ def _split_by_destination(masks: dict[str, torch.Tensor], relu_fed: set[str]) ->
     return {kind: kind_masks for kind, kind_masks in split.items() if kind_masks}
 
 
-def _kind_ablation(model, test_batches, masks: dict, overall: dict, run_ablation: dict) -> dict:
-    """The ablation within one kind of BN; the overall result when the kind holds every BN layer."""
-    if sum(m.numel() for m in masks.values()) == overall["n_features"]:
-        return {k: v for k, v in overall.items() if k != "by_destination"}
-    return ablation(model, test_batches, masks, **run_ablation)
-
-
-def _relu_fed_counts(dead_masks: dict[str, torch.Tensor], relu_fed: set[str] | None) -> dict:
+def _relu_fed_counts(relu_fed_masks: dict[str, torch.Tensor] | None) -> dict:
     """Features of ReLU-fed BNs, and the disabled count and share among them (None without a trace)."""
-    if relu_fed is None:
+    if relu_fed_masks is None:
         return dict(n_relu_fed_features=None, n_dead_relu_fed=None, fraction_dead_relu_fed=None)
-    masks = [m for n, m in dead_masks.items() if n in relu_fed]
-    n_features, n_dead = sum(m.numel() for m in masks), int(sum(int(m.sum()) for m in masks))
+    n_features = sum(m.numel() for m in relu_fed_masks.values())
+    n_dead = int(sum(int(m.sum()) for m in relu_fed_masks.values()))
     return dict(n_relu_fed_features=n_features, n_dead_relu_fed=n_dead,
                 fraction_dead_relu_fed=n_dead / n_features if n_features else None)
 

@@ -38,8 +38,9 @@ class ReportError(ValueError):
 _MODEL = re.compile(r"(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_(?P<depth>\d+)(?:_(?P<width>\d+))?")
 _DEFAULT_WIDTH = {"cifar_resnet": cifar_resnet.DEFAULT_WIDTH, "imagenet_resnet": imagenet_resnet.DEFAULT_WIDTH}
 _NOT_VARIANT = {"model", "train", "seed", "selection_seed"} | set(cfgmod.IDENTITY_EXCLUDED)
-# Specs in the order tables and legends list them; others follow alphabetically.
+# The ablation numbers of analysis.json that runs.csv carries (per kind of BN too, but the baseline).
 ABLATION_KEYS = ("n_zeroed", "baseline_acc", "disabled_zeroed_acc", "random_zeroed_acc_mean", "random_zeroed_acc_std")
+# Specs in the order tables and legends list them; others follow alphabetically.
 _SPEC_ORDER = ("all", "bn", "bn+output", "gamma", "beta", "output", "random-per-channel:2", "random:matched")
 _SETUP_FIELDS = ("data", "epochs", "schedule_epochs", "milestones", "lr", "lr_gamma", "warmup_epochs", "batch_size",
                  "momentum", "weight_decay", "augment", "normalize", "gamma_init", "bn_affine")
@@ -342,7 +343,7 @@ def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) ->
     bars = [(f"|γ| < {t}", f"gamma_below_{t}", blues(0.35 + 0.55 * i / max(1, len(thresholds) - 1)))
             for i, t in enumerate(thresholds)] + [(f"disabled (ReLU output zero for ≥ {shares} of test inputs)",
                                                     "fraction_dead", "k")]
-    if g.get("fraction_dead_relu_fed_mean") is not None and g["fraction_dead_relu_fed_mean"].notna().any():
+    if "fraction_dead_relu_fed_mean" in g and g["fraction_dead_relu_fed_mean"].notna().any():
         bars.append(("disabled, among the features of BNs that feed a ReLU", "fraction_dead_relu_fed", "C1"))
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(g) + 2), 5.5))
