@@ -60,6 +60,7 @@ def test_matmul_peak_measures_a_rate():
     assert peak["flops_per_s"] > 1e8 and peak["size"] >= 256
 
 
+@pytest.mark.compute
 def test_bench_runs_both_pipelines_and_shows_the_bn_only_evidence():
     r = run(_cfg(train="bn"), threads=1, profile=True, **QUICK)
     fast, conv = r["rows"][0], r["rows"][1]

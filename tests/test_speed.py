@@ -5,13 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnonly import speed
+from bnonly import compute, speed
 from bnonly.bench import Pipeline, profile_step, step_peak_bytes
 from bnonly.config import TrainConfig
 from bnonly.models import create_model
 from bnonly.rundir import RunDir
 from bnonly.trainable import configure, trainable_parameters
 from bnonly.training import build, train
+
+pytestmark = pytest.mark.compute  # every test here: numerics or memory of the fast path
 
 TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=128,test=64,classes=4,size=16", batch_size=32,
             epochs=1, milestones=(1,), schedule_epochs=1, augment="cifar", progress=False, device="cpu", threads=1)
@@ -123,23 +125,30 @@ def test_checkpointing_gives_identical_steps_and_running_statistics():
         assert torch.equal(plain(x), ckpt(x))
 
 
-def test_checkpointing_lowers_step_memory():
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_checkpointing_lowers_step_memory(bf16):
+    # 24 blocks in 5 segments: about half the activations are never kept. Measured ratios (AMD EPYC,
+    # AVX-512 bf16): 0.51 in float32, 0.52 under bf16 autocast with pre-cast weights.
     peaks = {}
-    for segments in (0, 4):
-        m = _model("cifar_resnet_26_8")
+    for segments in (0, 5):
+        m = _model("cifar_resnet_50_8")
+        if bf16:
+            speed.precast_frozen(m, torch.bfloat16)
         if segments:
             speed.checkpoint_blocks(m, segments)
         opt = torch.optim.SGD(trainable_parameters(m), lr=0.1)
-        (x, y), = _batches(1, size=16, batch=16)
+        (x, y), = _batches(1, size=32, batch=16)
 
         def step():
-            F.cross_entropy(m(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(m(x).float(), y)
+            loss.backward()
             opt.step()
             return len(y)
 
         step()
         peaks[segments] = step_peak_bytes(Pipeline("p", step, m, opt), torch.device("cpu"))
-    assert peaks[4] < 0.6 * peaks[0]
+    assert peaks[5] < 0.65 * peaks[0], peaks
 
 
 def test_checkpointing_rejects_what_it_cannot_do():
@@ -155,9 +164,13 @@ def test_build_applies_the_speed_options(tmp_path):
     built = build(TrainConfig(**TINY, out=str(tmp_path), bf16=True, checkpoint_activations=2))
     assert isinstance(built.model.blocks, speed.CheckpointedSequential)
     assert all(isinstance(m, speed._Precast) for m in built.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-    plain = build(TrainConfig(**TINY, out=str(tmp_path)))
+    plain = build(TrainConfig(**TINY, out=str(tmp_path), bf16=False))
     assert type(plain.model.blocks) is nn.Sequential and not plain.bf16
     assert not any(isinstance(m, speed._Precast) for m in plain.model.modules())
+    # Left unset, bf16 is this machine's default (or the forced path's), and precasting follows it.
+    auto = build(TrainConfig(**TINY, out=str(tmp_path)))
+    assert auto.bf16 == compute.auto_defaults(compute.Capabilities.of("cpu")).bf16
+    assert any(isinstance(m, speed._Precast) for m in auto.model.modules()) == auto.bf16
 
 
 def test_checkpointed_run_ends_identical_to_plain_run(tmp_path):

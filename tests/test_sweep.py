@@ -37,7 +37,7 @@ def test_spec_expands_products_unions_and_drops_duplicates(tmp_path, capsys):
     assert [(c.train, c.seed) for c in cfgs] == [("bn", 0), ("bn", 1), ("all", 0), ("all", 1)]
     assert all(c.out == str(tmp_path / "out") and c.epochs == 1.0 and c.milestones == (1,) for c in cfgs)
     assert cfgs[0] == from_dict({**BASE, "out": str(tmp_path / "out")})
-    preset = expand(load_spec(write_spec(tmp_path / "p.yaml", preset="imagenet", grid={"seed": [3]})))
+    preset = expand(load_spec(write_spec(tmp_path / "p.yaml", preset="imagenet", grid={"seed": [3], "warmup_epochs": [0]})))
     assert preset[0].lr == 0.4 and preset[0].batch_size == 32 and preset[0].seed == 3 and preset[0].out == "runs"
 
     for bad, message in [(dict(grid={"seed": 3}), "non-empty list"), (dict(grid={"sed": [1]}), "unknown config field"),
@@ -68,7 +68,7 @@ def test_local_sweep_two_jobs_trains_records_failures_and_skips_on_rerun(tmp_pat
     spec = write_spec(tmp_path / "s.yaml", grid=[
         {"train": ["bn"], "seed": [0, 1]},
         {"train": ["all"], "lr": [1e6]},                       # NaN loss
-        {"train": ["bn"], "data": [str(tmp_path / "missing")]},  # cannot even start
+        {"train": ["bn"], "num_classes": [2]},                  # fewer classes than the data: refused once opened
     ])
     out = tmp_path / "runs"
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "2"]) == 1
@@ -77,10 +77,11 @@ def test_local_sweep_two_jobs_trains_records_failures_and_skips_on_rerun(tmp_pat
     summaries = [RunDir(out / c.run_name).read_summary() for c in cfgs]
     assert [s["status"] for s in summaries] == ["done"] * 2 + ["failed"] * 2
     assert "non-finite training loss" in summaries[2]["reason"] and summaries[2]["traceback"]
-    assert summaries[3]["reason"].startswith("DataError") and "missing" in summaries[3]["reason"]
-    # Each run got half the CPU threads, and its output is in its folder.
+    assert summaries[3]["reason"].startswith("ConfigError: num_classes=2 is below the 4 classes")
+    # Each run got half the CPU threads (recorded with its compute settings), and its output is in its folder.
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert all(json.loads((out / c.run_name / "config.json").read_text())["threads"] == threads for c in cfgs[:3])
+    assert all(s["compute"]["threads"] == threads for s in summaries[:3])
+    assert all(json.loads((out / c.run_name / "config.json").read_text())["threads"] is None for c in cfgs[:2])
     assert "epoch 1/1" in (out / cfgs[0].run_name / "train.log").read_text()
 
     st = status(cfgs)
@@ -125,7 +126,7 @@ def in_background(action):
 
 
 def test_stopped_and_killed_runs_resume_on_the_next_launch(tmp_path, capsys):
-    spec = write_spec(tmp_path / "s.yaml", base=dict(epochs=12, eval_every=0.5, milestones=[8]),
+    spec = write_spec(tmp_path / "s.yaml", base=dict(epochs=12, eval_every=0.5, milestones=[], schedule_epochs=12),
                       grid=[{"seed": [0, 1]}, {"seed": [2], "epochs": [1]}])
     out = tmp_path / "runs"
     cfgs = expand(load_spec(spec), str(out))

@@ -45,11 +45,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import compute
 from . import config as cfgmod
 from .data import make_batches, open_dataset
 from .models import create_model
 from .rundir import RunDir, atomic_write_json, read_json
-from .training import evaluate, fast_defaults, resolve_device
+from .training import evaluate, resolve_device
+from .errors import BnonlyError
 
 DEFAULT_THRESHOLDS = (0.01, 0.05, 0.1)
 DEFAULT_DEAD_SHARE = 0.99
@@ -60,7 +62,7 @@ FORMAT_VERSION = 2
 DESTINATION_LABELS = {"relu_fed": "ReLU-fed BNs", "other": "other BNs (residual side)"}
 
 
-class AnalysisError(ValueError):
+class AnalysisError(BnonlyError, ValueError):
     """A run or model that cannot be analysed (unfinished run, no BatchNorm layers, ...)."""
 
 
@@ -390,8 +392,14 @@ def load_run(path: str | Path, *, data: str | None = None, device: str = "cpu",
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    channels_last, auto_bf16 = fast_defaults(dev)
-    bf16 = auto_bf16 if cfg.bf16 is None else cfg.bf16
+    summary = run.read_summary()
+    # Evaluate as the run trained when on the same kind of device; elsewhere as this one does best.
+    # (Summaries from before compute settings were recorded hold bf16 and channels_last at the top.)
+    trained_on = torch.device(summary.get("device", "cpu")).type
+    recorded = summary.get("compute") or {k: summary[k] for k in ("bf16", "channels_last") if k in summary}
+    settings, _ = compute.resolve(dict(bf16=cfg.bf16, channels_last=cfg.channels_last), compute.Capabilities.of(dev.type),
+                                  recorded=recorded if trained_on == dev.type else None)
+    bf16, channels_last = settings.bf16, settings.channels_last
     dataset = open_dataset(data or cfg.data, cache_dir=cfg.cache_dir)
     final = torch.load(run.final_weights, map_location="cpu")
     init = torch.load(run.init_weights, map_location="cpu") if run.init_weights.exists() else None
@@ -403,7 +411,7 @@ def load_run(path: str | Path, *, data: str | None = None, device: str = "cpu",
     batches = make_batches(dataset.test, batch_size=max(cfg.batch_size, 500), train=False, augment="none",
                            normalize=cfg.normalize, seed=cfg.seed, device=dev, channels_last=channels_last,
                            num_workers=cfg.num_workers)
-    return LoadedRun(run, cfg, run.read_summary(), model, init, batches, dataset, dev, bf16)
+    return LoadedRun(run, cfg, summary, model, init, batches, dataset, dev, bf16)
 
 
 def analyze_run(path: str | Path, *, thresholds=DEFAULT_THRESHOLDS, dead_share: float = DEFAULT_DEAD_SHARE,

@@ -43,12 +43,13 @@ from .data.batches import CIFAR_PAD, NORMALIZATIONS
 from .models import create_model
 from .rundir import RunDir
 from .trainable import configure, trainable_parameters
+from .errors import BnonlyError
 
 DEFAULT_DATA = "synthetic:train=4096,test=256,classes=10,size=32"
 """CIFAR-shaped random images: throughput does not depend on pixel values."""
 
 
-class BenchError(ValueError):
+class BenchError(BnonlyError, ValueError):
     """A benchmark that cannot run as asked."""
 
 

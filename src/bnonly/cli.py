@@ -11,14 +11,15 @@ import typing
 from dataclasses import fields
 
 from . import config as cfgmod
+from .errors import BnonlyError, Interrupted, TrainingFailed
 
 
 # Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
 EXTRA_SUBCOMMANDS: list[str] = ["bnonly.analysis", "bnonly.report", "bnonly.sweep", "bnonly.bench"]
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+class UserError(BnonlyError):
+    """Bad input to a subcommand's own options: printed as one line, exit status 2."""
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +40,14 @@ def config_from_args(args: argparse.Namespace) -> cfgmod.TrainConfig:
 
 
 def cmd_train(args) -> int:
-    from .rundir import RunLocked
-    from .training import EXIT_INTERRUPTED, EXIT_LOCKED, Interrupted, TrainingFailed, train
+    from .training import train
 
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.nproc < 1:
+        raise UserError(f"--nproc={args.nproc} is out of range: allowed >= 1")
     # Under torchrun only rank 0 reports.
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
     try:
@@ -56,13 +58,15 @@ def cmd_train(args) -> int:
         summary = train(cfg)
     except Interrupted as e:
         say(f"interrupted ({e}); checkpoint saved, run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except RunLocked as e:
-        say(f"bnonly train: {e}", file=sys.stderr)
-        return EXIT_LOCKED
+        return e.exit_code
     except TrainingFailed as e:
         say(f"run failed: {e} (recorded in summary.json)", file=sys.stderr)
-        return 1
+        return e.exit_code
+    except BnonlyError as e:
+        if os.environ.get("BNONLY_DEBUG"):
+            raise
+        say(f"bnonly train: error: {e}", file=sys.stderr)
+        return e.exit_code
     say(f"test_acc {summary['test_acc']:.4f}  test_top5 {summary['test_top5']:.4f}  "
         f"trainable {summary['trainable_params']:,}/{summary['total_params']:,}  "
         f"{summary['wall_seconds']:.0f} s  {summary['images_per_second']:.0f} img/s  -> {summary['run_dir']}")
@@ -131,17 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataError
-    from .rundir import CheckpointError
-    from .trainable import SpecError
-
     try:
         return args.func(args)
-    except (cfgmod.ConfigError, SpecError, DataError, CheckpointError, UserError, ValueError) as e:
+    except BnonlyError as e:
         if os.environ.get("BNONLY_DEBUG"):
             raise
         print(f"bnonly {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -13,65 +13,113 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
 
 
-class ConfigError(ValueError):
-    """A configuration that names an unknown field, preset or value."""
+def _f(default, help: str, allowed: "Allowed | None" = None, **kw):
+    """A config field: its default, help text and the values it allows (stated in the help)."""
+    if allowed is not None:
+        help = f"{help} [{allowed.text}]"
+    return field(default=default, metadata={"help": help, "allowed": allowed, **kw})
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+@dataclass(frozen=True)
+class Allowed:
+    """The values a field accepts: ``text`` says which (in the help and in every refusal)."""
+
+    text: str
+    check: Callable[[Any], bool]
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def above(low, high=None) -> Allowed:
+    return Allowed(f"> {low}" + (f" and <= {high}" if high is not None else ""),
+                   lambda v: _finite(v) and v > low and (high is None or v <= high))
+
+
+def at_least(low, high=None) -> Allowed:
+    return Allowed(f">= {low}" + (f" and <= {high}" if high is not None else ""),
+                   lambda v: _finite(v) and v >= low and (high is None or v <= high))
+
+
+def one_of(*choices) -> Allowed:
+    return Allowed("one of " + ", ".join(map(str, choices)), lambda v: v in choices)
+
+
+def matching(pattern: str, text: str) -> Allowed:
+    return Allowed(text, lambda v: re.fullmatch(pattern, v) is not None)
+
+
+def _ascending(v) -> bool:
+    return all(_finite(x) and x > 0 for x in v) and all(a < b for a, b in zip(v, v[1:]))
+
+
+NON_EMPTY = Allowed("not empty", lambda v: v.strip() != "")
+SEED = at_least(0, 2**63 - 1)
+ASCENDING = Allowed("positive numbers in ascending order (may be empty: no decay)", _ascending)
+DEVICE = matching(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every field's type and range are checked on construction, so the Python API, flags, config
+    files, sweeps, torchrun and Slurm launches all refuse the same values, with the same one-line
+    message, before anything is written."""
+
     # What is trained, and how it starts.
-    model: str = _f("cifar_resnet_20", "model name, e.g. cifar_resnet_14, cifar_resnet_56_32, cifar_vgg_16, imagenet_resnet_50")
-    train: str = _f("bn", "what trains: terms joined by '+' (all, none, bn, gamma, beta, norm, output, random-per-channel:K, random:matched, random:N)")
+    model: str = _f("cifar_resnet_20", "model name, e.g. cifar_resnet_14, cifar_resnet_56_32, cifar_vgg_16, imagenet_resnet_50", NON_EMPTY)
+    train: str = _f("bn", "what trains: terms joined by '+' (all, none, bn, gamma, beta, norm, output, random-per-channel:K, random:matched, random:N)", NON_EMPTY)
     bn_affine: bool = _f(True, "false: BatchNorm γ=1, β=0 fixed (the 'no affine' ablation)")
-    gamma_init: str = _f("uniform", "BatchNorm γ init: uniform (U[0,1], the paper) or ones")
-    seed: int = _f(0, "seed of the initial weights, data order and augmentation")
-    selection_seed: Optional[int] = _f(None, "seed of random what-trains subsets (default: seed)")
-    num_classes: Optional[int] = _f(None, "output classes (default: the dataset's)")
+    gamma_init: str = _f("uniform", "BatchNorm γ init: uniform (U[0,1], the paper) or ones", one_of("uniform", "ones"))
+    seed: int = _f(0, "seed of the initial weights, data order and augmentation", SEED)
+    selection_seed: Optional[int] = _f(None, "seed of random what-trains subsets (default: seed)", SEED)
+    num_classes: Optional[int] = _f(None, "output classes (default: the dataset's); at least the dataset's", at_least(2))
     # Data.
     data: str = _f("", "dataset: CIFAR python-batch folder or .tar.gz, image folder with train/ and test/, or synthetic[:k=v,...]")
-    augment: str = _f("auto", "train augmentation: cifar (crop pad 4 + flip), imagenet (random-resized crop + flip), none, or auto (cifar for in-memory data, imagenet for streamed folders)")
-    image_size: int = _f(224, "crop size for streamed (ImageNet-style) folders; test images are resized to 256/224 of it first")
-    normalize: str = _f("imagenet", "input normalization: imagenet (the framework's choice), cifar, none")
+    augment: str = _f("auto", "train augmentation: cifar (crop pad 4 + flip), imagenet (random-resized crop + flip), none, or auto (cifar for in-memory data, imagenet for streamed folders)", one_of("auto", "cifar", "imagenet", "none"))
+    image_size: int = _f(224, "crop size for streamed (ImageNet-style) folders; test images are resized to 256/224 of it first", at_least(8, 4096))
+    normalize: str = _f("imagenet", "input normalization: imagenet (the framework's choice), cifar, none", one_of("imagenet", "cifar", "none"))
     # Optimization.
-    epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)")
-    batch_size: int = _f(128, "global batch size (split across ranks when distributed)")
+    epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)", above(0, 100_000))
+    batch_size: int = _f(128, "global batch size (split across ranks when distributed); at most the training set", at_least(1))
     sync_bn: bool = _f(False, "with several processes, BatchNorm statistics over the global batch (default: each process's batch_size/N images)")
-    lr: float = _f(0.1, "peak learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "weight decay on every trainable tensor")
-    milestones: tuple = _f((80, 120), "epochs (of schedule_epochs) where lr is multiplied by lr_gamma")
-    lr_gamma: float = _f(0.1, "lr factor at each milestone")
-    warmup_epochs: float = _f(0.0, "linear warmup length (of schedule_epochs)")
-    schedule_epochs: float = _f(160.0, "the recipe length the milestones and warmup refer to")
+    lr: float = _f(0.1, "peak learning rate", at_least(0))
+    momentum: float = _f(0.9, "SGD momentum", Allowed(">= 0 and < 1", lambda v: _finite(v) and 0 <= v < 1))
+    weight_decay: float = _f(1e-4, "weight decay on every trainable tensor", at_least(0))
+    milestones: tuple = _f((80, 120), "epochs (of schedule_epochs) where lr is multiplied by lr_gamma; each <= schedule_epochs", ASCENDING)
+    lr_gamma: float = _f(0.1, "lr factor at each milestone", above(0, 1))
+    warmup_epochs: float = _f(0.0, "linear warmup length (of schedule_epochs); at most schedule_epochs", at_least(0))
+    schedule_epochs: float = _f(160.0, "the recipe length the milestones and warmup refer to", above(0, 100_000))
     # Evaluation.
-    eval_every: float = _f(1.0, "evaluate on the test set every this many epochs (and at the end)")
-    # How and where to run: not part of the run's identity.
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device)")
-    bf16: Optional[bool] = _f(None, "bf16 autocast (default: on for CUDA, off for CPU, where it measured slower)")
-    compile: bool = _f(False, "torch.compile the model")
-    checkpoint_activations: int = _f(0, "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward (0: off; about sqrt(blocks) saves most)")
-    num_workers: int = _f(4, "DataLoader workers for streamed (ImageNet-style) data")
-    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice)")
+    eval_every: float = _f(1.0, "evaluate on the test set every this many epochs, and at the end; 0: only at the end", at_least(0))
+    # How and where to run: not part of the run's identity (bnonly.compute records and keeps them).
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto", DEVICE)
+    channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device; a resumed run keeps its own)")
+    bf16: Optional[bool] = _f(None, "bf16 autocast (default: on for CUDA and CPUs with native bf16, off on AVX2-only CPUs; $BNONLY_CPU_BF16=1/0 replaces the CPU default; a resumed run keeps its own)")
+    compile: Optional[bool] = _f(None, "torch.compile the model (default: off; a resumed run keeps its own)")
+    checkpoint_activations: int = _f(0, "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward (0: off; about sqrt(blocks) saves most)", at_least(0, 10_000))
+    num_workers: int = _f(4, "DataLoader workers for streamed (ImageNet-style) data", at_least(0, 1024))
+    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice; a resumed run keeps its own)", at_least(1, 4096))
     cache_dir: Optional[str] = _f(None, "where decoded image folders are cached (default $BNONLY_CACHE or ~/.cache/bnonly)")
     progress: bool = _f(True, "show a progress bar")
-    out: str = _f("runs", "output root; each run gets its own folder below it")
+    out: str = _f("runs", "output root; each run gets its own folder below it", NON_EMPTY)
 
     def __post_init__(self):
         # One value, one type, whichever way the config was built (Python, flags, YAML), so
         # TrainConfig(epochs=10) and `--epochs 10` name the same run.
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        _check_ranges(self)
 
     def replace(self, **changes) -> "TrainConfig":
         return from_dict(self.to_dict() | changes)
@@ -99,7 +147,10 @@ class TrainConfig:
 
 
 IDENTITY_EXCLUDED = frozenset({"device", "num_workers", "threads", "cache_dir", "progress", "out", "compile",
-                               "checkpoint_activations"})
+                               "checkpoint_activations", "bf16", "channels_last"})
+"""Fields that say where or how fast a run goes, not what it is: left out of the run's hash.
+The compute settings among them (bf16, channels_last, compile, threads) are recorded with the
+run instead, and a resumed run keeps them (bnonly.compute)."""
 FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -117,36 +168,85 @@ def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+def _field_kinds() -> dict[str, tuple[type, bool]]:
+    """Field name -> (type, whether None is allowed), read from the type hints."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = typing.get_origin(hint) is typing.Union
+        kinds[name] = (args[0] if optional else hint, optional)
+    return kinds
+
+
+FIELD_KINDS = _field_kinds()
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Turn a flag string or config-file value into the field's type."""
-    default = FIELD_DEFAULTS[name]
-    optional_kind = {"selection_seed": int, "num_classes": int, "channels_last": bool, "bf16": bool,
-                     "threads": int, "cache_dir": str}
-    kind = optional_kind.get(name, type(default))
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and name in optional_kind):
-        if name in optional_kind:
+    """Turn a flag string or config-file value into the field's type (or refuse it)."""
+    kind, optional = FIELD_KINDS[name]
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        if optional:
             return None
-        raise ConfigError(f"field '{name}' may not be empty")
+        raise ConfigError(f"{name} may not be empty (it expects {_kind_name(kind)})")
     try:
         if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise ValueError(value)
+        if isinstance(value, bool):  # True is an int to Python, never a number of epochs
+            raise ValueError(value)
         if kind is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
-            numbers = (float(x) for x in items if str(x).strip() != "")
+            numbers = [_number(x) for x in items if str(x).strip() != ""]
             return tuple(int(x) if x.is_integer() else x for x in numbers)  # 80 and 80.0: one hash
         if kind is float:
-            return float(value)
+            return _number(value)
         if kind is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+                return int(value)  # exact, even past float precision
+            number = _number(value)
+            if not number.is_integer():
                 raise ValueError(value)
-            return int(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"field '{name}' expects {kind.__name__}, got {value!r}") from None
+            return int(number)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name}={value!r} is not {_kind_name(kind)}") from None
+
+
+def _number(x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, str)):
+        raise ValueError(x)
+    return float(x)
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            tuple: "a comma-separated list of numbers"}[kind]
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Each field within its ``allowed`` values, then the rules that tie fields together."""
+    for f in fields(cfg):
+        allowed, value = f.metadata.get("allowed"), getattr(cfg, f.name)
+        if allowed is not None and value is not None and not allowed.check(value):
+            raise ConfigError(f"{f.name}={_show(value)} is out of range: allowed {allowed.text}")
+    late = [m for m in cfg.milestones if m > cfg.schedule_epochs]
+    if late:
+        raise ConfigError(f"milestones={_show(cfg.milestones)} has {_show(tuple(late))} beyond schedule_epochs="
+                          f"{cfg.schedule_epochs:g}, where they never apply: give milestones in schedule_epochs units")
+    if cfg.warmup_epochs > cfg.schedule_epochs:
+        raise ConfigError(f"warmup_epochs={cfg.warmup_epochs:g} is longer than schedule_epochs={cfg.schedule_epochs:g}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{x:g}" for x in value) or "(empty)"
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

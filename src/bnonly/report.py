@@ -29,9 +29,10 @@ from . import config as cfgmod
 from . import paper_numbers as paper
 from .models import cifar_resnet, imagenet_resnet
 from .rundir import RunDir, read_json
+from .errors import BnonlyError
 
 
-class ReportError(ValueError):
+class ReportError(BnonlyError, ValueError):
     """Nothing to report on."""
 
 

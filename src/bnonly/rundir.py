@@ -28,31 +28,49 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint could be read."""
-
-
-class RunLocked(RuntimeError):
-    """Another process holds the run's lock: it is training this run right now."""
+from .errors import CheckpointError, OutputError, RunLocked
 
 
 CHECKPOINT_MAGIC = b"bnonly-checkpoint sha256="
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write via a temp file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_bytes(path: Path, write, before_replace=None) -> None:
+    """Write via a temp file in the same folder, fsync, then rename over ``path``.
+
+    ``before_replace()`` runs once the new content is safely on disk, just before the rename
+    (a checkpoint rotates its predecessor there). A failed write leaves ``path`` as it was and
+    raises :class:`OutputError` naming the file and the cause.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise OutputError(f"could not write {path}: {e.strerror or e}; files written before are intact") from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before anything is written, a ``path`` that could not be created as a folder and
+    written: part of it is a regular file, or its nearest existing folder is not writable."""
+    path = Path(path).absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{what} cannot hold {path}: {parent} is a file, not a folder; choose another {what}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{what} cannot hold {path}: {parent} is not writable by this user; "
+                                  f"choose another {what}")
+            return
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -66,7 +84,7 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any | None:
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
 
 
@@ -107,16 +125,19 @@ class RunDir:
     def save_checkpoint(self, state: dict) -> None:
         """Keep the previous checkpoint so a corrupt latest one can fall back to it.
 
-        A kill at any moment leaves a usable file: the old latest is renamed to .prev first,
-        and the new one appears only once completely written (atomic rename).
+        A kill or a failed write at any moment leaves a usable file: the new one is written
+        completely first, then the old latest is renamed to .prev and the new one renamed in.
         """
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getbuffer()
         header = CHECKPOINT_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
-        if self.checkpoint.exists():
-            os.replace(self.checkpoint, self.previous_checkpoint)
-        atomic_write_bytes(self.checkpoint, lambda f: (f.write(header), f.write(data)))
+
+        def rotate():
+            if self.checkpoint.exists():
+                os.replace(self.checkpoint, self.previous_checkpoint)
+
+        atomic_write_bytes(self.checkpoint, lambda f: (f.write(header), f.write(data)), before_replace=rotate)
 
     def load_checkpoint(self, map_location="cpu", quarantine: bool = False) -> tuple[dict | None, list[str]]:
         """The newest readable checkpoint (or None), and messages about the unreadable ones skipped.
@@ -149,13 +170,25 @@ class RunDir:
                 + ". Delete the run folder to start over.")
         return None, warnings
 
+    def recorded_compute(self) -> dict | None:
+        """The compute settings the newest readable checkpoint recorded (None: a new run, or a
+        checkpoint from before they were recorded)."""
+        try:
+            state, _ = self.load_checkpoint()
+        except CheckpointError:
+            return None  # reported when the run loads its checkpoint for real
+        return None if state is None else state.get("compute")
+
     @contextmanager
     def lock(self):
         """Hold the run's lock while training it, so two launches (two sweeps over one folder, a
         sweep and a ``bnonly train``) never train one run at once. flock: the OS releases it
         when the holder dies, so a crash never leaves a stale lock. Raises RunLocked if held."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot create the run folder {self.path}: {e.strerror or e}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
+from .errors import BnonlyError
 
 
-class SpeedOptionError(ValueError):
+class SpeedOptionError(BnonlyError, ValueError):
     """A combination of speed options that cannot work on this model or device."""
 
 

@@ -24,17 +24,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
 from .rundir import RunDir, atomic_write_json
+from .errors import BnonlyError
 
 SPEC_KEYS = ("preset", "base", "grid")
 STATES = ("done", "running", "failed", "pending")
 
 
-class SweepError(ValueError):
+class SweepError(BnonlyError, ValueError):
     """A sweep spec that cannot be expanded into runs."""
 
 
@@ -63,19 +65,35 @@ def load_spec(path: str | Path) -> Spec:
     return Spec(base=base, grids=grids or [{}], preset=raw.get("preset"))
 
 
-def expand(spec: Spec, out: str | None = None) -> list[cfgmod.TrainConfig]:
-    """The spec's runs in grid order, duplicates (same run folder) dropped; ``out`` overrides base's."""
-    runs, seen = [], set()
+def expand(spec: Spec, out: str | None = None, check=None) -> list[cfgmod.TrainConfig]:
+    """The spec's runs in grid order, duplicates (same run folder) dropped; ``out`` overrides base's.
+
+    Every run is checked before any is returned (its config, then ``check(cfg)`` if given, e.g.
+    :func:`bnonly.training.preflight`), and all the bad ones are reported at once in one SweepError.
+    """
+    runs, seen, bad, total = [], set(), [], 0
     for grid in spec.grids:
         names = list(grid)
         for values in itertools.product(*(grid[n] for n in names)):
-            fields = {**spec.base, **dict(zip(names, values))}
+            total += 1
+            point = dict(zip(names, values))
+            fields = {**spec.base, **point}
             if out is not None:
                 fields["out"] = out
-            cfg = cfgmod.resolve(spec.preset, None, **fields)
+            try:
+                cfg = cfgmod.resolve(spec.preset, None, **fields)
+                if check is not None:
+                    check(cfg)
+            except BnonlyError as e:
+                label = " ".join(f"{k}={v}" for k, v in point.items()) or "(base)"
+                bad.append(f"  run {total} ({label}): {str(e).splitlines()[0]}")
+                continue
             if cfg.run_name not in seen:
                 seen.add(cfg.run_name)
                 runs.append(cfg)
+    if bad:
+        raise SweepError(f"{len(bad)} of the sweep's {total} runs are invalid, so none was started; fix them:\n"
+                         + "\n".join(bad))
     return runs
 
 
@@ -103,9 +121,10 @@ def record_failure(cfg: cfgmod.TrainConfig, reason: str, details: list[str]) -> 
             model=cfg.model, train=cfg.train, seed=cfg.seed, epochs=cfg.epochs, data=cfg.data))
 
 
-def attempt(cfg: cfgmod.TrainConfig) -> dict:
+def attempt(cfg: cfgmod.TrainConfig, default_threads: int | None = None) -> dict:
     """Train ``cfg`` in this process as a sweep job: returns its summary; a failure is recorded
-    in the run folder and returned, not raised (a stop signal still raises Interrupted)."""
+    in the run folder and returned, not raised (a stop signal still raises Interrupted).
+    ``default_threads``: this job's share of the CPU cores, unless the run sets or recorded its own."""
     import traceback
 
     from .rundir import RunLocked
@@ -114,7 +133,7 @@ def attempt(cfg: cfgmod.TrainConfig) -> dict:
     run = run_dir(cfg)
     before = run.read_summary()
     try:
-        return train(cfg)
+        return train(cfg, default_threads=default_threads)
     except RunLocked as e:
         return dict(status="running elsewhere", reason=str(e), run_dir=str(run.path))
     except Interrupted:
@@ -222,10 +241,9 @@ class LocalSweep:
             run = run_dir(cfg)
             run.path.mkdir(parents=True, exist_ok=True)
             before = run.read_summary()
-            if cfg.threads is None:
-                cfg = cfg.replace(threads=self.threads)
             gpu = str(slot % self.gpus) if self.gpus else None
-            proc = self.context.Process(target=_child, args=(cfg.replace(progress=False).to_dict(), str(run.log), gpu),
+            proc = self.context.Process(target=_child, args=(cfg.replace(progress=False).to_dict(), str(run.log), gpu,
+                                                             self.threads),
                                         name=cfg.run_name)
             started = time.perf_counter()
             proc.start()
@@ -250,7 +268,7 @@ class LocalSweep:
         return "failed", f"{summary.get('reason', '?')}  (log: {run.log})"
 
 
-def _child(config: dict, log: str, gpu: str | None) -> None:
+def _child(config: dict, log: str, gpu: str | None, threads: int) -> None:
     """One run in a forked process: output to the run's train.log, exit code as ``bnonly train``'s."""
     from .training import EXIT_INTERRUPTED, EXIT_LOCKED, Interrupted
 
@@ -262,7 +280,7 @@ def _child(config: dict, log: str, gpu: str | None) -> None:
     os.dup2(fd, 2)
     print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} bnonly sweep, pid {os.getpid()}", flush=True)
     try:
-        summary = attempt(cfgmod.from_dict(config)) or {}
+        summary = attempt(cfgmod.from_dict(config), default_threads=threads) or {}
     except Interrupted as e:
         print(f"interrupted ({e}); checkpoint saved", flush=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -313,9 +331,11 @@ def add_subcommand(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from .training import EXIT_INTERRUPTED
+    from .training import EXIT_INTERRUPTED, preflight
 
-    cfgs = expand(load_spec(args.spec), args.out)
+    # Only a local launch can check the device: a Slurm login node may have no GPU.
+    check = None if args.status else partial(preflight, check_device=args.launcher == "local")
+    cfgs = expand(load_spec(args.spec), args.out, check=check)
     if args.status:
         print(format_status(args.spec, cfgs, status(cfgs)))
         return 0

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
+from .errors import BnonlyError
 
 NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -45,7 +46,7 @@ SPEC_HELP = (
 )
 
 
-class SpecError(ValueError):
+class SpecError(BnonlyError, ValueError):
     """A what-trains spec that cannot be parsed or applied."""
 
 

@@ -14,38 +14,27 @@ import time
 import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import compute
 from . import config as cfgmod
 from . import distributed, speed
-from .data import make_batches, open_dataset
+from .data import DataError, make_batches, open_dataset
+from .errors import EXIT_INTERRUPTED, EXIT_LOCKED, ConfigError, Interrupted, OutputError, TrainingFailed
 from .models import create_model
-from .rundir import RunDir, atomic_torch_save, atomic_write_json
-from .trainable import (TrainableEntries, bn_param_count, configure, output_layer, plain_state_dict,
+from .rundir import RunDir, atomic_torch_save, atomic_write_json, check_writable
+from .trainable import (TrainableEntries, bn_param_count, configure, output_layer, parse_spec, plain_state_dict,
                         trainable_parameters)
 
-EXIT_INTERRUPTED = 75
-"""Process exit code after SIGINT/SIGTERM/SIGUSR2: a checkpoint was saved, launch again to resume."""
-EXIT_LOCKED = 73
-"""Process exit code when another process is training the same run right now (it holds the lock)."""
+__all__ = ["EXIT_INTERRUPTED", "EXIT_LOCKED", "Interrupted", "TrainingFailed", "build", "train"]
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 """Signals that stop training at the next step with a checkpoint. SIGUSR2 is what Slurm sends
 (through submitit) before a time limit or preemption."""
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving a checkpoint; ``signal_name`` says which."""
-
-    def __init__(self, message: str, signal_name: str | None = None):
-        super().__init__(message)
-        self.signal_name = signal_name
-
-
-class TrainingFailed(RuntimeError):
-    """The run cannot go on (e.g. a NaN loss); the reason is in summary.json."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,18 +43,10 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise cfgmod.ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise cfgmod.ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
     return device
-
-
-def fast_defaults(device: torch.device) -> tuple[bool, bool]:
-    """(channels_last, bf16) that measured fastest: channels_last everywhere; bf16 on CUDA
-    and on CPUs with native bf16 (on an AVX2-only CPU, bf16 autocast measured 10x slower)."""
-    if device.type == "cuda":
-        return True, True
-    return True, _cpu_has_native_bf16()
 
 
 def has_thin_strided_1x1_conv(model: nn.Module) -> bool:
@@ -77,15 +58,6 @@ def has_thin_strided_1x1_conv(model: nn.Module) -> bool:
     """
     return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8
                for m in model.modules())
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def lr_at(cfg: cfgmod.TrainConfig, progress_epochs: float) -> float:
@@ -106,42 +78,104 @@ class Built:
     test_batches: object
     num_classes: int
     device: torch.device
-    bf16: bool
-    channels_last: bool
+    compute: compute.ComputeSettings
+    compute_note: str | None = None
+    """Set when a resumed run keeps recorded compute settings: the one line that says so."""
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute.bf16
+
+    @property
+    def channels_last(self) -> bool:
+        return self.compute.channels_last
 
 
-def build(cfg: cfgmod.TrainConfig) -> Built:
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def preflight(cfg: cfgmod.TrainConfig, *, check_device: bool = True) -> None:
+    """The checks that need neither the data's content nor a run folder (a sweep runs them on
+    every run before training any): the model name, the what-trains spec, the device, and that
+    the data path exists."""
+    if check_device:
+        resolve_device(cfg.device)
+    create_model(cfg.model, cfg.num_classes, gamma_init=cfg.gamma_init, seed=None, device="meta")
+    parse_spec(cfg.train)
     if not cfg.data:
-        raise cfgmod.ConfigError("no dataset given: pass --data PATH (a CIFAR folder/archive, an image folder, or 'synthetic')")
-    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
-    num_classes = cfg.num_classes or dataset.num_classes
-    auto_cl, auto_bf16 = fast_defaults(device)
-    bf16 = auto_bf16 if cfg.bf16 is None else cfg.bf16
+        raise ConfigError(NO_DATA)
+    if not (cfg.data == "synthetic" or cfg.data.startswith("synthetic:")) and not Path(cfg.data).expanduser().exists():
+        raise DataError(f"data path '{cfg.data}' does not exist (resolved to {Path(cfg.data).expanduser().resolve()})")
 
+
+NO_DATA = "no dataset given: pass --data PATH (a CIFAR folder/archive, an image folder, or 'synthetic')"
+
+
+def build(cfg: cfgmod.TrainConfig, *, recorded_compute: dict | None = None,
+          default_threads: int | None = None) -> Built:
+    """Open the data, check the config against it, and build the model and batch sources.
+
+    Nothing is written. ``recorded_compute``: the compute settings a resumed run started with
+    (they win over this machine's defaults). ``default_threads``: threads to use when neither
+    the config nor the record says (a sweep's share of the cores).
+    """
+    device = resolve_device(cfg.device)
+    if not cfg.data:
+        raise ConfigError(NO_DATA)
+    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
+    num_classes = _check_against_data(cfg, dataset)
     model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
-    channels_last = auto_cl if cfg.channels_last is None else cfg.channels_last
-    if channels_last and device.type == "cpu" and has_thin_strided_1x1_conv(model):
-        if cfg.channels_last:
-            raise cfgmod.ConfigError(
-                f"{cfg.model} has a 1x1 stride-2 convolution with fewer than 8 input channels, whose channels_last "
-                "backward corrupts memory on the CPU (PyTorch 2.13): use --no-channels-last or a width of 8 or more")
-        channels_last = False
+    _check_image_fits(model, cfg.model, dataset.train)
+    nchw_only = None
+    if device.type == "cpu" and has_thin_strided_1x1_conv(model):
+        nchw_only = (f"{cfg.model} has a 1x1 stride-2 convolution with fewer than 8 input channels, whose channels_last "
+                     "backward corrupts memory on the CPU (PyTorch 2.13), so it trains in NCHW there")
+    settings, note = compute.resolve(
+        dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, threads=cfg.threads),
+        compute.Capabilities.of(device.type), recorded=recorded_compute, default_threads=default_threads,
+        nchw_only=nchw_only)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
     model.to(device)
-    if channels_last:
+    if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    speed.prepare(model, device=device, bf16=bf16, compile=cfg.compile, checkpoint_segments=cfg.checkpoint_activations)
+    speed.prepare(model, device=device, bf16=settings.bf16, compile=settings.compile,
+                  checkpoint_segments=cfg.checkpoint_activations)
     me = distributed.world()
-    common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=channels_last,
+    common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=settings.channels_last,
                   num_workers=cfg.num_workers, rank=me.rank, world_size=me.world_size)
     train_batches = make_batches(dataset.train, batch_size=cfg.batch_size, train=True, augment=cfg.augment, **common)
     test_batch = max(cfg.batch_size, 500)
     test_batch += -test_batch % me.world_size  # a global batch every rank takes an equal slice of
     test_batches = make_batches(dataset.test, batch_size=test_batch, train=False, augment="none", **common)
-    return Built(model, selection, train_batches, test_batches, num_classes, device, bf16, channels_last)
+    return Built(model, selection, train_batches, test_batches, num_classes, device, settings, note)
+
+
+def _check_against_data(cfg: cfgmod.TrainConfig, dataset) -> int:
+    """The checks that need the data; returns the number of output classes."""
+    if cfg.num_classes is not None and cfg.num_classes < dataset.num_classes:
+        raise ConfigError(f"num_classes={cfg.num_classes} is below the {dataset.num_classes} classes of {cfg.data} "
+                          f"(labels 0-{dataset.num_classes - 1}): leave --num-classes out or give at least "
+                          f"{dataset.num_classes}")
+    if cfg.batch_size > len(dataset.train):
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(dataset.train)} training images of "
+                          f"{cfg.data}: an epoch would have no full batch; give at most {len(dataset.train)}")
+    return cfg.num_classes or dataset.num_classes
+
+
+def _check_image_fits(model: nn.Module, name: str, split) -> None:
+    """One image through the model (eval mode, no gradients, nothing changes): an image too
+    small for the model's downsampling fails here, before anything is written."""
+    height, width = split.image_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, split.images.shape[1] if hasattr(split, "images") else 3, height, width))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{height}x{width} images are too small for {name} ({first}); "
+                          f"use larger images (--image-size for streamed folders) or a model with less downsampling") from None
+    finally:
+        model.train(was_training)
 
 
 def evaluate(model: nn.Module, batches, *, bf16: bool, device: torch.device, across_ranks: bool = False) -> dict:
@@ -216,14 +250,14 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay) if self.params else None
         self.steps_per_epoch = built.train_batches.num_batches()
-        if self.steps_per_epoch == 0:
-            raise cfgmod.ConfigError(f"batch size {cfg.batch_size} is larger than the training set "
-                                     f"({built.train_batches.num_examples} images); lower --batch-size")
         self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
-        every = max(1, round(cfg.eval_every * self.steps_per_epoch))
-        self.eval_steps = set(range(every, self.total_steps + 1, every)) | {self.total_steps}
+        self.eval_steps = {self.total_steps}  # eval_every 0: only at the end
+        if cfg.eval_every > 0:
+            every = max(1, round(cfg.eval_every * self.steps_per_epoch))
+            self.eval_steps |= set(range(every, self.total_steps + 1, every))
         self.ckpt_steps = set(range(self.steps_per_epoch, self.total_steps + 1, self.steps_per_epoch))
         self.step = 0
+        self.saved_step = 0
         self.wall = 0.0
         self.train_time = 0.0
         self.train_images = 0
@@ -246,6 +280,7 @@ class Trainer:
             wall=self.wall, train_time=self.train_time, train_images=self.train_images,
             win_loss=win_loss.cpu(), win_correct=win_correct.cpu(), win_n=win_n,
             torch_rng=torch.get_rng_state(), run_id=self.cfg.run_id, world_size=self.world.world_size,
+            compute=self.b.compute.to_dict(),
         )
 
     def _window_totals(self):
@@ -258,7 +293,7 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         saved_world = state.get("world_size", 1)
         if saved_world != self.world.world_size and not self.cfg.sync_bn:
-            raise cfgmod.ConfigError(
+            raise ConfigError(
                 f"{self.run.path} was checkpointed by {saved_world} process(es) and this launch has "
                 f"{self.world.world_size}: with per-process BatchNorm statistics (no --sync-bn) that changes "
                 f"the experiment; launch it with {saved_world} process(es)")
@@ -266,6 +301,7 @@ class Trainer:
         if self.optimizer and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.wall = state["step"], state["wall"]
+        self.saved_step = self.step
         self.train_time, self.train_images = state["train_time"], state["train_images"]
         self.win_loss = state["win_loss"].to(self.b.device)
         self.win_correct = state["win_correct"].to(self.b.device)
@@ -278,8 +314,14 @@ class Trainer:
 
     def save(self) -> None:
         state = self.state()
-        if self.world.is_main:
+        if not self.world.is_main:
+            return
+        try:
             self.run.save_checkpoint(state)
+        except OutputError as e:
+            kept = f"the last good checkpoint (step {self.saved_step}) is intact" if self.saved_step else "no checkpoint was kept"
+            raise OutputError(f"{e}; {kept}: fix the output folder and launch again to resume") from e
+        self.saved_step = self.step
 
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> dict:
@@ -399,20 +441,27 @@ def _plain_parameters(module: nn.Module) -> list[torch.Tensor]:
     return [p for m in module.modules() if not isinstance(m, TrainableEntries) for p in m.parameters(recurse=False)]
 
 
-def train(cfg: cfgmod.TrainConfig, log=print) -> dict:
+def train(cfg: cfgmod.TrainConfig, log=print, *, default_threads: int | None = None) -> dict:
     """Train (or resume, or just report) the run ``cfg`` describes; returns its summary.
+
+    Bad input is refused before anything is written: the config's fields on construction, an
+    output folder that cannot be written, then (in :func:`build`) whatever needs the data. A
+    resumed run keeps the compute settings it started with (:mod:`bnonly.compute`).
+    ``default_threads``: CPU threads when neither the config nor the run's record sets them.
 
     Under torchrun every rank calls this with the same config: each trains on its shard, rank 0
     holds the run's lock, logs and writes every file, and all ranks resume from the same checkpoint.
     Any error after the run folder is set up is recorded in summary.json (status "failed", the
-    reason and the traceback's tail) before it propagates; a signal (Interrupted) is not a failure.
+    reason and the traceback's tail) before it propagates; a signal (Interrupted) is not a failure,
+    nor is an output folder that stopped taking writes (the last good checkpoint is intact).
     """
     joined = distributed.join(cfg.device)
     try:
         run = RunDir(f"{cfg.out}/{cfg.run_name}")
         if run.is_done():
             return _report_done(run, log)
-        built = build(cfg)
+        check_writable(run.path, "--out")
+        built = build(cfg, recorded_compute=run.recorded_compute(), default_threads=default_threads)
         with distributed.held_by_main(run.lock):
             if run.is_done():  # finished by another process while this one was building
                 return _report_done(run, log)
@@ -439,8 +488,14 @@ def _train_locked(cfg: cfgmod.TrainConfig, built: Built, run: RunDir, log) -> di
     for w in warnings:
         log(f"warning: {w}")
     if state is not None:
+        recorded = state.get("compute")
+        if recorded is not None and recorded != built.compute.to_dict():
+            raise ConfigError(f"{run.path} was checkpointed by another process while this launch was starting "
+                              f"(compute settings {recorded}); launch it again")
         trainer.load_state(state)
         log(f"resuming {run.path} at step {trainer.step}/{trainer.total_steps}")
+        if built.compute_note:
+            log(built.compute_note)
     elif main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_metrics([])
@@ -448,11 +503,11 @@ def _train_locked(cfg: cfgmod.TrainConfig, built: Built, run: RunDir, log) -> di
         atomic_torch_save(run.init_weights, plain_state_dict(built.model))
     counts = count_summary(built.model)
     base = dict(run_id=cfg.run_id, run_dir=str(run.path), model=cfg.model, train=cfg.train, seed=cfg.seed,
-                epochs=cfg.epochs, data=cfg.data, device=str(built.device), bf16=built.bf16,
-                channels_last=built.channels_last, world_size=trainer.world.world_size, **counts)
+                epochs=cfg.epochs, data=cfg.data, device=str(built.device), compute=built.compute.to_dict(),
+                world_size=trainer.world.world_size, **counts)
     try:
         last = trainer.fit()
-    except Interrupted:
+    except (Interrupted, OutputError):
         raise
     except Exception as e:
         if main:

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .arrays import ArrayDataset
 from .stream import FolderSplit
 
@@ -57,7 +58,7 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def _choose(kind: str, value: str, valid: tuple[str, ...] | dict) -> str:
     if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
+        raise ConfigError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
     return value
 
 
@@ -78,17 +79,17 @@ class ShardPlan:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"need batch_size >= 1, world_size >= 1 and 0 <= rank < world_size; got batch_size="
                 f"{self.batch_size}, rank={self.rank}, world_size={self.world_size}"
             )
         if self.batch_size % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size {self.batch_size} is the global batch and must divide evenly across "
                 f"world_size={self.world_size} ranks"
             )
         if self.drop_last and self.n < self.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the split has {self.n} examples, fewer than one batch of {self.batch_size}; "
                 f"use a smaller batch_size or drop_last=False"
             )
@@ -114,7 +115,7 @@ class ShardPlan:
 
     def check_start(self, start: int) -> None:
         if not 0 <= start <= self.num_batches():
-            raise ValueError(f"start batch {start} is outside 0..{self.num_batches()}")
+            raise ConfigError(f"start batch {start} is outside 0..{self.num_batches()}")
 
 
 def _normalizer(normalize: str, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +123,7 @@ def _normalizer(normalize: str, channels: int, device: torch.device) -> tuple[to
     stats = NORMALIZATIONS[_choose("normalize", normalize, NORMALIZATIONS)]
     mean, std = (torch.tensor(v, dtype=torch.float64) for v in stats)
     if channels != len(mean):
-        raise ValueError(f"normalization needs {len(mean)}-channel images, got {channels} channels")
+        raise ConfigError(f"normalization needs {len(mean)}-channel images, got {channels} channels")
     scale, shift = 1.0 / (255.0 * std), -mean / std
     return scale.float().view(1, -1, 1, 1).to(device), shift.float().view(1, -1, 1, 1).to(device)
 

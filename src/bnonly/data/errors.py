@@ -1,7 +1,9 @@
 """The one exception data loading raises for missing or malformed data."""
 
+from ..errors import BnonlyError
 
-class DataError(ValueError):
+
+class DataError(BnonlyError, ValueError):
     """Data is missing or malformed; the message says what was expected, where, and how to fix it."""
 
 

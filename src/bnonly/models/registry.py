@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from bnonly.models.init import check_gamma_init, initialize
+from ..errors import BnonlyError
 
 
-class ModelNameError(ValueError):
+class ModelNameError(BnonlyError, ValueError):
     """A name that matches a family's pattern but is not buildable (e.g. a bad depth)."""
 
 
