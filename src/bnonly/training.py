@@ -116,9 +116,8 @@ def build(cfg: cfgmod.TrainConfig, *, recorded_compute: dict | None = None,
     (they win over this machine's defaults). ``default_threads``: threads to use when neither
     the config nor the record says (a sweep's share of the cores).
     """
+    preflight(cfg)  # the cheap checks first: a bad model name is reported before the data is read
     device = resolve_device(cfg.device)
-    if not cfg.data:
-        raise ConfigError(NO_DATA)
     dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
     num_classes = _check_against_data(cfg, dataset)
     model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
