@@ -1,9 +1,6 @@
 """Compute settings: the default for each kind of machine, the override that forces a CPU path,
 and a resumed run that keeps the numerics it started with wherever it resumes."""
 
-import os
-import signal
-
 import pytest
 import torch
 
@@ -12,6 +9,8 @@ from bnonly.compute import ENV_CPU_BF16, Capabilities, ComputeSettings, auto_def
 from bnonly.config import ConfigError, TrainConfig
 from bnonly.rundir import RunDir
 from bnonly.training import Interrupted, train
+import conftest
+from conftest import QUIET, SignalAt
 
 MACHINES = {
     "avx2-only": Capabilities("cpu", frozenset({"sse4_2", "avx", "avx2", "fma"})),
@@ -85,26 +84,7 @@ def test_compute_settings_are_not_part_of_the_identity():
 
 # --- a run that moves between machines ---------------------------------------------------------
 
-TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=256,test=128,classes=4,size=16", batch_size=32,
-            epochs=2, milestones=(1,), schedule_epochs=2, augment="cifar", progress=False, device="cpu", threads=1)
-
-
-def _interrupted_at_step(cfg, step, monkeypatch):
-    """Train ``cfg`` until a SIGINT arrives during step ``step``: it leaves a checkpoint."""
-    from bnonly import training
-
-    original, calls = training.Trainer._train_step, {"n": 0}
-
-    def step_with_signal(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x, y)
-
-    with monkeypatch.context() as m:
-        m.setattr(training.Trainer, "_train_step", step_with_signal)
-        with pytest.raises(Interrupted):
-            train(cfg, log=lambda *_: None)
+TINY = dict(conftest.TINY, augment="cifar")
 
 
 @pytest.mark.compute
@@ -114,7 +94,8 @@ def test_a_resumed_run_keeps_its_numerics_on_a_machine_with_another_default(tmp_
     monkeypatch.setenv(ENV_CPU_BF16, started)
     straight = train(TrainConfig(**TINY, out=str(tmp_path / "straight")), log=lambda *_: None)
     cfg = TrainConfig(**TINY, out=str(tmp_path / "moved"))
-    _interrupted_at_step(cfg, 5, monkeypatch)
+    with pytest.raises(Interrupted):
+        train(cfg, callbacks=[SignalAt({5})], **QUIET)
 
     monkeypatch.setenv(ENV_CPU_BF16, resumed)  # "another machine": its default is the other path
     with pytest.raises(ConfigError, match=f"bf16 is {'off' if started == '1' else 'on'} on the command line.*"

@@ -19,12 +19,12 @@ from bnonly import slurm
 from bnonly.cli import main
 from bnonly.config import from_dict
 from bnonly.rundir import CheckpointError, RunDir
-from bnonly.training import EXIT_INTERRUPTED, Interrupted, Trainer, train
+from bnonly.training import EXIT_INTERRUPTED, Interrupted, train
+import conftest
+from conftest import QUIET, SignalAt
 
-TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=256,test=128,classes=4,size=16", batch_size=32,
-            epochs=4, milestones=(2, 3), schedule_epochs=4, augment="none", progress=False, device="cpu", threads=1)
+TINY = dict(conftest.TINY, epochs=4, milestones=(2, 3), schedule_epochs=4)
 LONG = dict(TINY, epochs=12, eval_every=0.5, milestones=(8,), schedule_epochs=12)  # 96 steps: time to be killed
-QUIET = dict(log=lambda *_: None)
 
 
 def cfg_at(root, base=TINY, **kw):
@@ -45,31 +45,18 @@ def reference(tmp_path_factory):
     return {name: RunDir(train(cfg_at(root, base), **QUIET)["run_dir"]) for name, base in (("tiny", TINY), ("long", LONG))}
 
 
-def interrupt_at(steps, monkeypatch, sig=signal.SIGTERM):
-    """Send ``sig`` to this process at the given training steps (counted across launches)."""
-    original, calls = Trainer._train_step, {"n": 0}
-
-    def step(self, x, y):
-        calls["n"] += 1
-        if calls["n"] in steps:
-            os.kill(os.getpid(), sig)
-        return original(self, x, y)
-
-    monkeypatch.setattr(Trainer, "_train_step", step)
-
-
 @pytest.mark.compute
 def test_stops_at_random_steps_resume_bit_identically(tmp_path, monkeypatch, reference):
     rng = random.Random(4)
     total = 4 * 8
     first = rng.randrange(1, total // 2)
     second = rng.randrange(first + 1, total)
-    interrupt_at({first, second}, monkeypatch)
+    stops = SignalAt({first, second}, signal.SIGTERM)
     cfg = cfg_at(tmp_path)
     run = RunDir(tmp_path / cfg.run_name)
     for stop in (first, second):
         with pytest.raises(Interrupted, match=f"SIGTERM at step {stop}/{total}") as e:
-            train(cfg, **QUIET)
+            train(cfg, callbacks=[stops], **QUIET)
         assert e.value.signal_name == "SIGTERM"
         state, _ = run.load_checkpoint()
         assert state["step"] == stop and not run.summary.exists()
@@ -144,10 +131,8 @@ def damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path, monkeypatch, reference, how):
     cfg = cfg_at(tmp_path)
-    interrupt_at({21}, monkeypatch)  # in epoch 3: checkpoint.pt at step 21, checkpoint.prev.pt at step 16
-    with pytest.raises(Interrupted):
-        train(cfg, **QUIET)
-    monkeypatch.undo()
+    with pytest.raises(Interrupted):  # in epoch 3: checkpoint.pt at step 21, checkpoint.prev.pt at step 16
+        train(cfg, callbacks=[SignalAt({21}, signal.SIGTERM)], **QUIET)
     run = RunDir(tmp_path / cfg.run_name)
     damage(run.checkpoint, how)
     messages = []
@@ -162,10 +147,8 @@ def test_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path, monk
 
 def test_every_checkpoint_damaged_is_an_error_not_a_silent_restart(tmp_path, monkeypatch, capsys):
     cfg = cfg_at(tmp_path)
-    interrupt_at({21}, monkeypatch)
     with pytest.raises(Interrupted):
-        train(cfg, **QUIET)
-    monkeypatch.undo()
+        train(cfg, callbacks=[SignalAt({21}, signal.SIGTERM)], **QUIET)
     run = RunDir(tmp_path / cfg.run_name)
     damage(run.checkpoint, "flip")
     damage(run.previous_checkpoint, "truncate")

@@ -14,9 +14,10 @@ from bnonly.config import TrainConfig
 from bnonly.models import create_model
 from bnonly.rundir import RunDir
 from bnonly.training import Interrupted, TrainingFailed, train
+import conftest
+from conftest import QUIET, SignalAt
 
-TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=256,test=128,classes=4,size=16", batch_size=32,
-            epochs=3, milestones=(1, 2), schedule_epochs=3, augment="none", progress=False, device="cpu", threads=1)
+TINY = dict(conftest.TINY, epochs=3, milestones=(1, 2), schedule_epochs=3)
 
 
 def tiny(tmp_path, **kw):
@@ -79,23 +80,8 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path):
     straight = train(tiny(tmp_path / "a"), log=lambda *_: None)
 
     cfg = tiny(tmp_path / "b")
-    calls = {"n": 0}
-    from bnonly import training
-
-    original = training.Trainer._train_step
-
-    def interrupt_at_step_11(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x, y)
-
-    training.Trainer._train_step = interrupt_at_step_11
-    try:
-        with pytest.raises(Interrupted, match="SIGINT at step 11"):
-            train(cfg, log=lambda *_: None)
-    finally:
-        training.Trainer._train_step = original
+    with pytest.raises(Interrupted, match="SIGINT at step 11"):
+        train(cfg, callbacks=[SignalAt({11})], **QUIET)
     run = RunDir(tmp_path / "b" / "runs" / cfg.run_name)
     assert run.checkpoint.exists() and not run.summary.exists()
     resumed = train(cfg, log=lambda *_: None)

@@ -57,6 +57,9 @@ BAD = {
     "cache_dir": [(3, "not a string")],
     "progress": [(5, "not true or false")],
     "out": [("", "not empty")],
+    "optimizer": [("", "not empty"), (1, "not a string")],
+    "loss": [(" ", "not empty")],
+    "log": [(3, "not a string")],
 }
 # Values at the edges that must be accepted.
 GOOD = dict(epochs=0.5, momentum=0.0, lr=0.0, weight_decay=0.0, milestones=(), eval_every=0, threads=1, seed=2**63 - 1,
@@ -107,6 +110,9 @@ def test_the_cli_and_config_files_refuse_the_same_and_write_nothing(tmp_path, ca
     (dict(num_classes=2), "num_classes=2 is below the 4 classes of synthetic"),
     (dict(batch_size=500), "batch_size=500 is larger than the 128 training images"),
     (dict(model="cifar_vgg_11"), "16x16 images are too small for cifar_vgg_11"),
+    (dict(optimizer="adam"), "unknown optimizer 'adam'; known: sgd, adamw"),
+    (dict(loss="mse"), "unknown loss 'mse'; known: cross_entropy"),
+    (dict(log="wandb"), "unknown logging backend 'wandb'; known: tensorboard"),
 ])
 def test_checks_that_need_the_data_come_before_the_run_folder(tmp_path, change, message):
     cfg = TrainConfig(**{**TINY, "out": str(tmp_path / "runs"), **change})

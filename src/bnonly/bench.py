@@ -38,11 +38,12 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from . import config as cfgmod
-from .data import ArrayDataset
+from .data import ArrayDataset, open_dataset
 from .data.batches import CIFAR_PAD, NORMALIZATIONS
 from .models import create_model
 from .rundir import RunDir
 from .trainable import configure, trainable_parameters
+from .training import Trainer, build, resolve_device
 from .errors import BnonlyError
 
 DEFAULT_DATA = "synthetic:train=4096,test=256,classes=10,size=32"
@@ -137,8 +138,6 @@ def conventional_pipeline(cfg: cfgmod.TrainConfig, split, num_classes: int, devi
 
 def fast_pipeline(cfg: cfgmod.TrainConfig, workdir: str) -> tuple[Pipeline, object]:
     """What ``bnonly train`` runs: ``build`` and the Trainer's step."""
-    from .training import Trainer, build
-
     built = build(cfg)
     trainer = Trainer(cfg, built, RunDir(workdir), log=lambda *a, **k: None)
     built.model.train()
@@ -146,7 +145,7 @@ def fast_pipeline(cfg: cfgmod.TrainConfig, workdir: str) -> tuple[Pipeline, obje
 
     def step() -> int:
         x, y = next(batches)
-        trainer._train_step(x, y)
+        trainer.train_step(x, y, 0)
         return len(y)
 
     resident = []
@@ -346,9 +345,6 @@ def _thread_candidates() -> list[int]:
 def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: bool = True, warmup: int = 3,
         windows: int = 5, steps: int = 5, profile: bool = False, peak_budget_s: float = 3.0, log=print) -> dict:
     """Benchmark ``cfg``'s fast path (and the conventional pipeline); returns every number measured."""
-    from .data import open_dataset
-    from .training import resolve_device
-
     device = resolve_device(cfg.device)
     default_threads = torch.get_num_threads()
     dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir)

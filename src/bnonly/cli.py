@@ -11,11 +11,15 @@ import typing
 from dataclasses import fields
 
 from . import config as cfgmod
+from . import distributed
 from .errors import BnonlyError, Interrupted, TrainingFailed
+from .models import create_model
+from .trainable import configure, layer_breakdown
+from .training import count_summary, train
 
 
 # Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
-EXTRA_SUBCOMMANDS: list[str] = ["bnonly.analysis", "bnonly.report", "bnonly.sweep", "bnonly.bench"]
+EXTRA_SUBCOMMANDS: list[str] = ["bnonly.analysis", "bnonly.report", "bnonly.sweep_command", "bnonly.bench"]
 
 
 class UserError(BnonlyError):
@@ -40,8 +44,6 @@ def config_from_args(args: argparse.Namespace) -> cfgmod.TrainConfig:
 
 
 def cmd_train(args) -> int:
-    from .training import train
-
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
@@ -52,9 +54,7 @@ def cmd_train(args) -> int:
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
     try:
         if args.nproc > 1:  # rank 0 of the launched processes reports
-            from .distributed import launch
-
-            return launch(cfg, args.nproc)
+            return distributed.launch(cfg, args.nproc)
         summary = train(cfg)
     except Interrupted as e:
         say(f"interrupted ({e}); checkpoint saved, run the same command again to resume", file=sys.stderr)
@@ -74,10 +74,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .models import create_model
-    from .trainable import configure, layer_breakdown
-    from .training import count_summary
-
     model = create_model(args.model, args.num_classes, gamma_init=args.gamma_init, seed=args.seed)
     configure(model, args.train, args.seed, bn_affine=args.bn_affine)
     info = dict(model=args.model, train=args.train, **count_summary(model))
@@ -96,9 +92,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models
+    from .models import model_families
 
-    print("\n".join(list_models()))
+    for family in model_families():
+        print(f"{family.name}: {family.help}")
+        for pattern in family.patterns:
+            print(f"    {pattern}")
+        print(f"    e.g. {', '.join(family.examples)}")
     return 0
 
 

@@ -25,6 +25,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+import torch
+from torch import nn
+
 from .errors import ConfigError
 
 ENV_CPU_BF16 = "BNONLY_CPU_BF16"
@@ -32,6 +35,34 @@ ENV_CPU_BF16 = "BNONLY_CPU_BF16"
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 SETTINGS = ("bf16", "channels_last", "compile", "threads")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the GPU when there is one, else the CPU; a named GPU must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def nchw_only_reason(model: nn.Module, device: torch.device, name: str) -> str | None:
+    """Why ``model`` must train in NCHW on ``device`` (None: it need not).
+
+    On the CPU, PyTorch 2.13's backward of a 1x1 strided convolution with fewer than 8 input
+    channels in channels_last corrupts the heap ("corrupted size vs. prev_size", then a crash) at
+    one thread; a ResNet's downsampling shortcut is one when the width is below 8.
+    """
+    thin = any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8
+               for m in model.modules())
+    if device.type == "cpu" and thin:
+        return (f"{name} has a 1x1 stride-2 convolution with fewer than 8 input channels, whose channels_last "
+                "backward corrupts memory on the CPU (PyTorch 2.13), so it trains in NCHW there")
+    return None
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,10 @@ class TrainConfig:
     epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)", above(0, 100_000))
     batch_size: int = _f(128, "global batch size (split across ranks when distributed); at most the training set", at_least(1))
     sync_bn: bool = _f(False, "with several processes, BatchNorm statistics over the global batch (default: each process's batch_size/N images)")
+    optimizer: str = _f("sgd", "optimizer: sgd (the paper's) or adamw; bnonly.training.OPTIMIZERS lists all", NON_EMPTY)
+    loss: str = _f("cross_entropy", "training objective; bnonly.training.OBJECTIVES lists all", NON_EMPTY)
     lr: float = _f(0.1, "peak learning rate", at_least(0))
-    momentum: float = _f(0.9, "SGD momentum", Allowed(">= 0 and < 1", lambda v: _finite(v) and 0 <= v < 1))
+    momentum: float = _f(0.9, "SGD momentum (not used by adamw)", Allowed(">= 0 and < 1", lambda v: _finite(v) and 0 <= v < 1))
     weight_decay: float = _f(1e-4, "weight decay on every trainable tensor", at_least(0))
     milestones: tuple = _f((80, 120), "epochs (of schedule_epochs) where lr is multiplied by lr_gamma; each <= schedule_epochs", ASCENDING)
     lr_gamma: float = _f(0.1, "lr factor at each milestone", above(0, 1))
@@ -112,6 +114,7 @@ class TrainConfig:
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice; a resumed run keeps its own)", at_least(1, 4096))
     cache_dir: Optional[str] = _f(None, "where decoded image folders are cached (default $BNONLY_CACHE or ~/.cache/bnonly)")
     progress: bool = _f(True, "show a progress bar")
+    log: str = _f("", "extra logging beside metrics.jsonl, comma-separated: tensorboard")
     out: str = _f("runs", "output root; each run gets its own folder below it", NON_EMPTY)
 
     def __post_init__(self):
@@ -147,7 +150,7 @@ class TrainConfig:
 
 
 IDENTITY_EXCLUDED = frozenset({"device", "num_workers", "threads", "cache_dir", "progress", "out", "compile",
-                               "checkpoint_activations", "bf16", "channels_last"})
+                               "checkpoint_activations", "bf16", "channels_last", "log"})
 """Fields that say where or how fast a run goes, not what it is: left out of the run's hash.
 The compute settings among them (bf16, channels_last, compile, threads) are recorded with the
 run instead, and a resumed run keeps them (bnonly.compute)."""

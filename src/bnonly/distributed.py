@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError
+from .errors import EXIT_INTERRUPTED, EXIT_LOCKED, ConfigError, RunLocked
+from .rundir import RunDir
 
 _CONTROL = None  # a gloo group for small CPU-side agreements (signals, locks) when the data group is NCCL
 
@@ -222,8 +223,6 @@ def launch(cfg, nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    from .rundir import RunDir, RunLocked
-    from .training import EXIT_INTERRUPTED, EXIT_LOCKED
 
     if "LOCAL_RANK" in os.environ:
         raise ConfigError("--nproc starts torchrun, and this process already runs under it: leave --nproc out")

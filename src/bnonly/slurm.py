@@ -15,6 +15,8 @@ import signal
 from pathlib import Path
 
 from . import config as cfgmod
+from .errors import Interrupted
+from .sweep import SweepError, attempt
 
 
 class RunTask:
@@ -26,8 +28,6 @@ class RunTask:
     def __call__(self) -> dict:
         import submitit
 
-        from .sweep import attempt
-        from .training import Interrupted
 
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -53,8 +53,6 @@ def slurm_executor(folder: str | Path, *, partition: str | None = None, time_min
     import shutil
 
     import submitit
-
-    from .sweep import SweepError
 
     if shutil.which("srun") is None:
         raise SweepError("--launcher slurm needs Slurm (no srun on PATH): run it on the cluster's login node, "

@@ -22,15 +22,18 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import config as cfgmod
+from .errors import EXIT_INTERRUPTED, EXIT_LOCKED, BnonlyError, Interrupted, RunLocked
 from .rundir import RunDir, atomic_write_json
-from .errors import BnonlyError
+from .training import STOP_SIGNALS, train
 
 SPEC_KEYS = ("preset", "base", "grid")
 STATES = ("done", "running", "failed", "pending")
@@ -125,11 +128,6 @@ def attempt(cfg: cfgmod.TrainConfig, default_threads: int | None = None) -> dict
     """Train ``cfg`` in this process as a sweep job: returns its summary; a failure is recorded
     in the run folder and returned, not raised (a stop signal still raises Interrupted).
     ``default_threads``: this job's share of the CPU cores, unless the run sets or recorded its own."""
-    import traceback
-
-    from .rundir import RunLocked
-    from .training import Interrupted, train
-
     run = run_dir(cfg)
     before = run.read_summary()
     try:
@@ -196,8 +194,6 @@ class LocalSweep:
 
     def run(self) -> dict[str, list[str]]:
         """Train what is pending; returns run names per outcome (done, failed, interrupted, skipped...)."""
-        from .training import STOP_SIGNALS
-
         outcomes: dict[str, list[str]] = {}
         todo = []
         for cfg in self.cfgs:
@@ -232,8 +228,6 @@ class LocalSweep:
                 os.kill(proc.pid, signum)
 
     def _one(self, cfg: cfgmod.TrainConfig) -> tuple[str, str]:
-        from .training import EXIT_INTERRUPTED, EXIT_LOCKED
-
         with self._lock:
             if self.stopping:
                 return "not started", ""
@@ -270,8 +264,6 @@ class LocalSweep:
 
 def _child(config: dict, log: str, gpu: str | None, threads: int) -> None:
     """One run in a forked process: output to the run's train.log, exit code as ``bnonly train``'s."""
-    from .training import EXIT_INTERRUPTED, EXIT_LOCKED, Interrupted
-
     os.setsid()  # its own session: a Ctrl-C reaches the sweep, which passes it on exactly once
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -295,106 +287,4 @@ def _tail(path: Path, lines: int = 12) -> list[str]:
 
 
 def _gpu_count() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-# --- the command ----------------------------------------------------------------------------
-
-def add_subcommand(sub) -> None:
-    p = sub.add_parser("sweep", help="train the runs of a sweep file (a grid of configs) here or on Slurm",
-                       description="Expand SPEC_FILE (base: fields, grid: field -> values) into runs and train "
-                                   "those not finished yet; see docs on scale-out.")
-    p.add_argument("spec", metavar="SPEC_FILE", help="YAML sweep file")
-    p.add_argument("--out", default=None, help="output root (default: base's out, else 'runs')")
-    p.add_argument("--status", action="store_true", help="show done/running/failed/pending counts and failures; train nothing")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (local launcher)")
-    p.add_argument("--retry-failed", action="store_true", help="train runs recorded as failed again")
-    p.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
-                   help="local: processes here; slurm: a Slurm job array through submitit; submitit-local: "
-                        "the slurm launcher's code path run by submitit on this machine (to try a setup)")
-    g = p.add_argument_group("slurm launcher")
-    g.add_argument("--partition", default=None, help="Slurm partition")
-    g.add_argument("--time", type=int, default=24 * 60, help="time limit per job in minutes (requeued from "
-                                                             "its checkpoint when it runs out; default 1440)")
-    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; more than 1 trains it with DDP")
-    g.add_argument("--tasks-per-run", type=int, default=None, help="processes (DDP ranks) per run (default: one per GPU)")
-    g.add_argument("--cpus-per-run", type=int, default=None, help="CPU cores per run")
-    g.add_argument("--mem-gb", type=float, default=None, help="memory per run in GB")
-    g.add_argument("--max-parallel", type=int, default=None, help="at most this many array jobs at once")
-    g.add_argument("--max-requeues", type=int, default=20, help="give up on a run after this many time-limit requeues")
-    g.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other submitit Slurm parameter, e.g. --slurm account=myproj --slurm qos=high")
-    g.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report their outcomes")
-    p.set_defaults(func=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    from .training import EXIT_INTERRUPTED, preflight
-
-    # Only a local launch can check the device: a Slurm login node may have no GPU.
-    check = None if args.status else partial(preflight, check_device=args.launcher == "local")
-    cfgs = expand(load_spec(args.spec), args.out, check=check)
-    if args.status:
-        print(format_status(args.spec, cfgs, status(cfgs)))
-        return 0
-    if args.launcher == "local":
-        outcomes = LocalSweep(cfgs, args.jobs, args.retry_failed).run()
-        print("; ".join(f"{len(v)} {k}" for k, v in outcomes.items()))
-        if outcomes.get("interrupted") or outcomes.get("not started"):
-            return EXIT_INTERRUPTED
-        return 1 if outcomes.get("failed") else 0
-    from . import slurm
-
-    wanted = ("pending", "failed") if args.retry_failed else ("pending",)
-    todo = [c for c in cfgs if state(c) in wanted]
-    if not todo:
-        print(f"nothing to submit: {format_counts(status(cfgs))}")
-        return 0
-    folder = Path(todo[0].out) / ".submitit"
-    if args.launcher == "slurm":
-        executor = slurm.slurm_executor(folder, partition=args.partition, time_min=args.time,
-                                        gpus_per_run=args.gpus_per_run, tasks_per_run=args.tasks_per_run,
-                                        cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb,
-                                        max_parallel=args.max_parallel, max_requeues=args.max_requeues,
-                                        options=_key_values(args.slurm))
-    else:
-        executor = slurm.local_executor(folder, time_min=args.time, gpus_per_run=args.gpus_per_run,
-                                        tasks_per_run=args.tasks_per_run, max_requeues=args.max_requeues)
-    jobs = slurm.submit(todo, executor)
-    print(f"submitted {len(jobs)} runs as job(s) {', '.join(sorted({j.job_id.split('_')[0] for j in jobs}))}; "
-          f"logs in {folder}; `bnonly sweep {args.spec} --status` shows progress")
-    if not args.wait:
-        return 0
-    results = [slurm.outcome(j) for j in jobs]
-    print("; ".join(f"{results.count(r)} {r}" for r in dict.fromkeys(results)))
-    return 0 if set(results) <= {"done", "running elsewhere"} else 1
-
-
-def _key_values(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SweepError(f"--slurm expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def format_counts(st: dict) -> str:
-    c = st["counts"]
-    return (f"done {c['done']}  running {c['running']}  failed {c['failed']}  pending {c['pending']}"
-            + (f" ({st['resumable']} with a checkpoint)" if st["resumable"] else ""))
-
-
-def format_status(spec: str, cfgs: list[cfgmod.TrainConfig], st: dict) -> str:
-    outs = sorted({c.out for c in cfgs})
-    lines = [f"{spec}: {len(cfgs)} runs in {', '.join(outs)}", "  " + format_counts(st)]
-    if st["failures"]:
-        lines.append("failed (bnonly sweep --retry-failed trains them again):")
-        lines += [f"  {f['run']}: {f['reason']}" for f in st["failures"]]
-    if st["running"]:
-        lines.append("running:")
-        lines += [f"  {r['run']}: {r['holder']}" for r in st["running"]]
-    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""From a config to a runnable experiment: checks first, then data, model, what trains, speed.
+
+:func:`preflight` holds the checks that need neither the data's content nor a run folder (a sweep
+runs it on every run before training any); :func:`build` opens the data, checks the config
+against it, and builds everything a run is made of. Neither writes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import compute, distributed, speed
+from ..config import TrainConfig
+from ..data import DataError, make_batches, open_dataset
+from ..errors import ConfigError
+from ..models import create_model
+from ..trainable import configure, parse_spec
+from .callbacks import LOGGERS
+from .objectives import OBJECTIVES
+from .optimizers import OPTIMIZERS
+
+NO_DATA = "no dataset given: pass --data PATH (a CIFAR folder/archive, an image folder, or 'synthetic')"
+
+
+def preflight(cfg: TrainConfig, *, check_device: bool = True) -> None:
+    """The model name, the what-trains spec, the optimizer and loss names, the device, and that
+    the data path exists. ``check_device=False`` where the device is elsewhere (a Slurm node)."""
+    if check_device:
+        compute.resolve_device(cfg.device)
+    create_model(cfg.model, cfg.num_classes, gamma_init=cfg.gamma_init, seed=None, device="meta")
+    parse_spec(cfg.train)
+    OPTIMIZERS.entry(cfg.optimizer)
+    OBJECTIVES.entry(cfg.loss)
+    for name in filter(None, (n.strip() for n in cfg.log.split(","))):
+        LOGGERS.entry(name)
+    if not cfg.data:
+        raise ConfigError(NO_DATA)
+    if not (cfg.data == "synthetic" or cfg.data.startswith("synthetic:")) and not Path(cfg.data).expanduser().exists():
+        raise DataError(f"data path '{cfg.data}' does not exist (resolved to {Path(cfg.data).expanduser().resolve()})")
+
+
+@dataclass
+class Built:
+    """Everything a run is made of, built from its config (the public API uses this too)."""
+
+    model: nn.Module
+    selection: object
+    train_batches: object
+    test_batches: object
+    num_classes: int
+    device: torch.device
+    compute: compute.ComputeSettings
+    compute_note: str | None = None
+    """Set when a resumed run keeps recorded compute settings: the one line that says so."""
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute.bf16
+
+    @property
+    def channels_last(self) -> bool:
+        return self.compute.channels_last
+
+
+def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_threads: int | None = None) -> Built:
+    """Open the data, check the config against it, and build the model and batch sources.
+
+    ``recorded_compute``: the compute settings a resumed run started with (they win over this
+    machine's defaults). ``default_threads``: threads to use when neither the config nor the
+    record says (a sweep's share of the cores).
+    """
+    preflight(cfg)  # the cheap checks first: a bad model name is reported before the data is read
+    device = compute.resolve_device(cfg.device)
+    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
+    num_classes = _check_against_data(cfg, dataset)
+    model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
+    _check_image_fits(model, cfg.model, dataset.train)
+    settings, note = compute.resolve(
+        dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, threads=cfg.threads),
+        compute.Capabilities.of(device.type), recorded=recorded_compute, default_threads=default_threads,
+        nchw_only=compute.nchw_only_reason(model, device, cfg.model))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
+    model.to(device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    speed.prepare(model, device=device, bf16=settings.bf16, compile=settings.compile,
+                  checkpoint_segments=cfg.checkpoint_activations)
+    me = distributed.world()
+    common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=settings.channels_last,
+                  num_workers=cfg.num_workers, rank=me.rank, world_size=me.world_size)
+    train_batches = make_batches(dataset.train, batch_size=cfg.batch_size, train=True, augment=cfg.augment, **common)
+    test_batch = max(cfg.batch_size, 500)
+    test_batch += -test_batch % me.world_size  # a global batch every rank takes an equal slice of
+    test_batches = make_batches(dataset.test, batch_size=test_batch, train=False, augment="none", **common)
+    return Built(model, selection, train_batches, test_batches, num_classes, device, settings, note)
+
+
+def _check_against_data(cfg: TrainConfig, dataset) -> int:
+    """The checks that need the data; returns the number of output classes."""
+    if cfg.num_classes is not None and cfg.num_classes < dataset.num_classes:
+        raise ConfigError(f"num_classes={cfg.num_classes} is below the {dataset.num_classes} classes of {cfg.data} "
+                          f"(labels 0-{dataset.num_classes - 1}): leave --num-classes out or give at least "
+                          f"{dataset.num_classes}")
+    if cfg.batch_size > len(dataset.train):
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(dataset.train)} training images of "
+                          f"{cfg.data}: an epoch would have no full batch; give at most {len(dataset.train)}")
+    return cfg.num_classes or dataset.num_classes
+
+
+def _check_image_fits(model: nn.Module, name: str, split) -> None:
+    """One image through the model (eval mode, no gradients, nothing changes): an image too
+    small for the model's downsampling fails here, before anything is written."""
+    height, width = split.image_size
+    channels = split.images.shape[1] if hasattr(split, "images") else 3
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, height, width))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{height}x{width} images are too small for {name} ({first}); use larger images "
+                          f"(--image-size for streamed folders) or a model with less downsampling") from None
+    finally:
+        model.train(was_training)
