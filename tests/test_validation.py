@@ -51,6 +51,7 @@ BAD = {
     "channels_last": [(3, "not true or false")],
     "bf16": [("yes please", "not true or false")],
     "compile": [("x", "not true or false")],
+    "capture": [("y", "not true or false")],
     "checkpoint_activations": [(-1, ">= 0")],
     "num_workers": [(-1, ">= 0")],
     "threads": [(0, ">= 1"), (-2, ">= 1")],

@@ -141,12 +141,10 @@ def fast_pipeline(cfg: cfgmod.TrainConfig, workdir: str) -> tuple[Pipeline, obje
     built = build(cfg)
     trainer = Trainer(cfg, built, RunDir(workdir), log=lambda *a, **k: None)
     built.model.train()
-    batches = _cycle(built.train_batches.batches)
+    batches = _cycle(trainer.train_step.epoch)
 
     def step() -> int:
-        x, y = next(batches)
-        trainer.train_step(x, y, 0)
-        return len(y)
+        return trainer.train_step(next(batches), 0).n
 
     resident = []
     if built.device.type != "cpu":
@@ -414,6 +412,57 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
     return result
 
 
+def packed(cfg: cfgmod.TrainConfig, runs: int, *, seconds: float = 20.0, warmup: int = 5, log=print) -> dict:
+    """Aggregate training img/s of ``runs`` copies of ``cfg``'s fast path at once, one process each
+    on the same device (what ``bnonly sweep --runs-per-gpu`` does), against one copy alone,
+    measured in the same call. Every process warms up first; the timed windows start together."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cfg = cfg.replace(threads=max(1, cores // runs))  # K processes share the cores, as a sweep splits them
+    result = dict(model=cfg.model, train=cfg.train, batch_size=cfg.batch_size, device=str(device),
+                  device_name=_device_name(device), runs=runs, seconds=seconds, threads=cfg.threads)
+    for label, k in (("alone", 1), ("packed", runs)):
+        rates = _packed_rates(cfg, k, seconds, warmup)
+        result[label] = dict(per_run=[round(r, 1) for r in rates], aggregate=round(sum(rates), 1))
+        log(f"{k} run(s) at once: {sum(rates):.0f} img/s in all ({', '.join(f'{r:.0f}' for r in rates)})")
+    result["factor"] = round(result["packed"]["aggregate"] / result["alone"]["aggregate"], 2)
+    return result
+
+
+def _packed_rates(cfg: cfgmod.TrainConfig, k: int, seconds: float, warmup: int) -> list[float]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # CUDA-safe, and each process has its own torch state
+    ready, results = ctx.Barrier(k + 1), ctx.Queue()
+    procs = [ctx.Process(target=_packed_worker, args=(cfg.to_dict(), seconds, warmup, ready, results)) for _ in range(k)]
+    for p in procs:
+        p.start()
+    ready.wait()  # every process built and warmed up: the timed windows begin together
+    rates = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise BenchError(f"a packed benchmark process failed (exit codes {[p.exitcode for p in procs]})")
+    return rates
+
+
+def _packed_worker(config: dict, seconds: float, warmup: int, ready, results) -> None:
+    cfg = cfgmod.from_dict(config)
+    device = resolve_device(cfg.device)
+    with tempfile.TemporaryDirectory() as workdir:
+        fast, _ = fast_pipeline(cfg.replace(progress=False, out=workdir), workdir)
+        for _ in range(warmup):
+            fast.step()
+        _sync(device)
+        ready.wait()
+        images, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            images += fast.step()
+        _sync(device)
+        results.put(images / (time.perf_counter() - start))
+
+
 def paired_speedup(fast: list[float], other: list[float]) -> float:
     """Median over timed windows of fast/other, each pair measured back to back: on a machine
     whose load drifts, a paired ratio is steadier than a ratio of medians."""
@@ -476,9 +525,21 @@ def cmd_bench(args) -> int:
     threads = args.threads if args.threads == "auto" else _positive_int(args.threads, "--threads")
     cfg = cfgmod.resolve(
         model=args.model, train=args.train, batch_size=args.batch_size, data=args.data, device=args.device,
-        seed=args.seed, compile=args.compile, bf16=args.bf16, channels_last=args.channels_last,
+        seed=args.seed, compile=args.compile, bf16=args.bf16, channels_last=args.channels_last, capture=args.capture,
         checkpoint_activations=args.checkpoint_activations, cache_dir=args.cache_dir, progress=False,
     )
+    if args.runs < 1:
+        raise BenchError(f"--runs={args.runs} is out of range: allowed >= 1")
+    if args.runs > 1:
+        result = packed(cfg.replace(threads=None if threads == "auto" else threads), args.runs,
+                        seconds=args.seconds, warmup=args.warmup, log=(lambda *a, **k: None) if args.quiet else print)
+        print(f"{args.runs} runs of {cfg.model} train={cfg.train} at once on {result['device_name']}: "
+              f"{result['packed']['aggregate']:.0f} img/s in all, against {result['alone']['aggregate']:.0f} for one "
+              f"alone: {result['factor']:.2f}x")
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+        return 0
     result = run(cfg, threads=threads, conventional=args.conventional, warmup=args.warmup, windows=args.windows,
                  steps=args.steps, profile=args.profile, peak_budget_s=args.peak_seconds,
                  log=(lambda *a, **k: None) if args.quiet else print)
@@ -519,6 +580,12 @@ def add_subcommand(sub) -> None:
                    help="bf16 autocast in the fast path (default: the fast defaults for the device)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last in the fast path (default: the fast defaults for the device)")
+    p.add_argument("--capture", action=argparse.BooleanOptionalAction, default=None,
+                   help="the whole step in one CUDA graph in the fast path (bnonly.training.graph_step)")
+    p.add_argument("--runs", type=int, default=1, metavar="K",
+                   help="K > 1: aggregate img/s of K runs training at once (one process each, same device) "
+                        "against one alone, instead of the fast-vs-conventional comparison")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement with --runs (default 20)")
     p.add_argument("--checkpoint-activations", type=int, default=0, metavar="SEGMENTS",
                    help="activation checkpointing in the fast path, in this many segments (default 0: off)")
     p.add_argument("--conventional", action=argparse.BooleanOptionalAction, default=True,

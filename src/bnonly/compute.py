@@ -1,8 +1,9 @@
 """Compute settings: how a run's arithmetic is done, decided once and kept for the run's life.
 
-Four settings change how fast a run goes and, slightly, its floating-point rounding, but not
-the experiment: bf16 autocast, the channels_last memory format, ``torch.compile`` and the CPU
-thread count. None of them is part of a run's identity (its hash). They are resolved here, in
+This module is the device policy: which device ``auto`` means, which models must avoid a memory
+format there, and the compute settings. Five settings change how fast a run goes and, slightly,
+its floating-point rounding, but not the experiment: bf16 autocast, the channels_last memory
+format, ``torch.compile``, capturing the whole step in one CUDA graph, and the CPU thread count. None of them is part of a run's identity (its hash). They are resolved here, in
 this order of precedence:
 
 1. an explicit value in the config (``--bf16``, ``--threads 2``, ...);
@@ -34,7 +35,7 @@ ENV_CPU_BF16 = "BNONLY_CPU_BF16"
 """Environment override of the CPU bf16 default: 1 (bf16 autocast) or 0 (float32)."""
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-SETTINGS = ("bf16", "channels_last", "compile", "threads")
+SETTINGS = ("bf16", "channels_last", "compile", "capture", "threads")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,6 +111,7 @@ class ComputeSettings:
     bf16: bool
     channels_last: bool
     compile: bool
+    capture: bool  # the whole step in one CUDA graph (bnonly.training.graph_step)
     threads: int | None  # None: torch's default, not recorded as a choice
 
     def to_dict(self) -> dict:
@@ -118,6 +120,8 @@ class ComputeSettings:
     def describe(self) -> str:
         parts = ["bf16 autocast" if self.bf16 else "float32", "channels_last" if self.channels_last else "NCHW",
                  "compiled" if self.compile else "eager"]
+        if self.capture:
+            parts.append("whole-step graph")
         if self.threads:
             parts.append(f"{self.threads} thread{'s' * (self.threads != 1)}")
         return ", ".join(parts)
@@ -132,7 +136,7 @@ def auto_defaults(caps: Capabilities, env: Mapping[str, str] = os.environ) -> Co
     else:
         override = cpu_bf16_override(env)
         bf16 = caps.native_bf16 if override is None else override
-    return ComputeSettings(bf16=bf16, channels_last=True, compile=False, threads=None)
+    return ComputeSettings(bf16=bf16, channels_last=True, compile=False, capture=False, threads=None)
 
 
 def resolve(explicit: Mapping[str, object], caps: Capabilities, *, recorded: Mapping[str, object] | None = None,

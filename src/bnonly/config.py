@@ -109,6 +109,7 @@ class TrainConfig:
     channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device; a resumed run keeps its own)")
     bf16: Optional[bool] = _f(None, "bf16 autocast (default: on for CUDA and CPUs with native bf16, off on AVX2-only CPUs; $BNONLY_CPU_BF16=1/0 replaces the CPU default; a resumed run keeps its own)")
     compile: Optional[bool] = _f(None, "torch.compile the model (default: off; a resumed run keeps its own)")
+    capture: Optional[bool] = _f(None, "the whole training step (batch gather, forward, backward, SGD) in one CUDA graph; on the CPU the same step runs eagerly (default: off; a resumed run keeps its own)")
     checkpoint_activations: int = _f(0, "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward (0: off; about sqrt(blocks) saves most)", at_least(0, 10_000))
     num_workers: int = _f(4, "DataLoader workers for streamed (ImageNet-style) data", at_least(0, 1024))
     threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice; a resumed run keeps its own)", at_least(1, 4096))
@@ -150,7 +151,7 @@ class TrainConfig:
 
 
 IDENTITY_EXCLUDED = frozenset({"device", "num_workers", "threads", "cache_dir", "progress", "out", "compile",
-                               "checkpoint_activations", "bf16", "channels_last", "log"})
+                               "checkpoint_activations", "bf16", "channels_last", "capture", "log"})
 """Fields that say where or how fast a run goes, not what it is: left out of the run's hash.
 The compute settings among them (bf16, channels_last, compile, threads) are recorded with the
 run instead, and a resumed run keeps them (bnonly.compute)."""

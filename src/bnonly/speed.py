@@ -171,14 +171,16 @@ def checkpoint_blocks(model: nn.Module, segments: int) -> int:
 
 # --- the whole preparation -------------------------------------------------------------------
 
-def compile_options(device: torch.device) -> dict:
+def compile_options(device: torch.device, capture: bool = False) -> dict:
     """``torch.compile`` settings: on CUDA, CUDA graphs ("reduce-overhead"), because a CIFAR
     ResNet step at batch 128 is hundreds of kernels of a few microseconds each, i.e. bound by
-    launches; on CPU inductor's default (fused elementwise/BatchNorm code around oneDNN convs)."""
-    return dict(mode="reduce-overhead") if device.type == "cuda" else {}
+    launches, unless the whole step is captured anyway (``capture``: inductor's kernels then go
+    into that one graph); on CPU inductor's default (fused elementwise/BatchNorm code around
+    oneDNN convs)."""
+    return dict(mode="reduce-overhead") if device.type == "cuda" and not capture else {}
 
 
-def prepare(model: nn.Module, *, device: torch.device, bf16: bool, compile: bool = False,
+def prepare(model: nn.Module, *, device: torch.device, bf16: bool, compile: bool = False, capture: bool = False,
             checkpoint_segments: int = 0) -> nn.Module:
     """Prepare an already configured model (what trains chosen, on its device and memory
     format) for fast training, in place; returns it.
@@ -195,5 +197,5 @@ def prepare(model: nn.Module, *, device: torch.device, bf16: bool, compile: bool
     if checkpoint_segments:
         checkpoint_blocks(model, checkpoint_segments)
     if compile:
-        model.compile(**compile_options(device))
+        model.compile(**compile_options(device, capture))
     return model

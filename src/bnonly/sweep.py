@@ -170,7 +170,9 @@ class LocalSweep:
     crash, even a segfault, fails that run only) with its output in the run's train.log. The
     processes fork from a multiprocessing forkserver that imported torch once, so a run starts in
     milliseconds, not the seconds a fresh interpreter takes. CPU threads are split evenly; with
-    GPUs, slot k uses GPU k mod #GPUs.
+    GPUs, slot k uses GPU k mod #GPUs (:func:`gpu_of_slot`), so ``jobs = K x #GPUs`` trains K runs on
+    every GPU at once (``bnonly sweep --runs-per-gpu K``): separate processes, each its own CUDA
+    context, which the GPU time-slices (or runs concurrently under CUDA MPS).
 
     A stop signal to this process is passed on to the running runs (they checkpoint), no new
     run starts, and :meth:`run` returns with the interrupted ones counted.
@@ -184,7 +186,7 @@ class LocalSweep:
         self.cfgs, self.jobs, self.retry_failed, self.log = cfgs, jobs, retry_failed, log
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.threads = max(1, cpus // jobs)
-        self.gpus = _gpu_count()
+        self.gpus = gpu_count()
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["bnonly.training"])
         self.stopping = None
@@ -235,7 +237,7 @@ class LocalSweep:
             run = run_dir(cfg)
             run.path.mkdir(parents=True, exist_ok=True)
             before = run.read_summary()
-            gpu = str(slot % self.gpus) if self.gpus else None
+            gpu = gpu_of_slot(slot, self.gpus)
             proc = self.context.Process(target=_child, args=(cfg.replace(progress=False).to_dict(), str(run.log), gpu,
                                                              self.threads),
                                         name=cfg.run_name)
@@ -286,5 +288,23 @@ def _tail(path: Path, lines: int = 12) -> list[str]:
     return [line for line in text if line.strip()][-lines:]
 
 
-def _gpu_count() -> int:
+def gpu_of_slot(slot: int, gpus: int) -> str | None:
+    """The GPU (as CUDA_VISIBLE_DEVICES) of launcher slot ``slot``: round robin, None without GPUs."""
+    return str(slot % gpus) if gpus else None
+
+
+def jobs_for(jobs: int | None, runs_per_gpu: int | None, gpus: int) -> int:
+    """How many runs a local sweep trains at once: ``--jobs``, or ``--runs-per-gpu`` x the GPUs."""
+    if runs_per_gpu is None:
+        return jobs or 1
+    if jobs is not None:
+        raise SweepError("give --jobs or --runs-per-gpu, not both")
+    if runs_per_gpu < 1:
+        raise SweepError(f"--runs-per-gpu={runs_per_gpu} is out of range: allowed >= 1")
+    if not gpus:
+        raise SweepError("--runs-per-gpu needs a GPU and this machine has none; use --jobs N for N runs on the CPU")
+    return runs_per_gpu * gpus
+
+
+def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

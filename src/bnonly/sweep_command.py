@@ -10,7 +10,7 @@ from pathlib import Path
 from . import config as cfgmod
 from . import slurm
 from .errors import EXIT_INTERRUPTED
-from .sweep import LocalSweep, SweepError, expand, load_spec, state, status
+from .sweep import LocalSweep, SweepError, gpu_count, expand, jobs_for, load_spec, state, status
 from .training import preflight
 
 
@@ -21,7 +21,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("spec", metavar="SPEC_FILE", help="YAML sweep file")
     p.add_argument("--out", default=None, help="output root (default: base's out, else 'runs')")
     p.add_argument("--status", action="store_true", help="show done/running/failed/pending counts and failures; train nothing")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (local launcher)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once on this machine (local launcher; default 1)")
+    p.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
+                   help="K runs at once on every GPU of this machine (local launcher), one process each")
     p.add_argument("--retry-failed", action="store_true", help="train runs recorded as failed again")
     p.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
                    help="local: processes here; slurm: a Slurm job array through submitit; submitit-local: "
@@ -50,7 +52,8 @@ def cmd_sweep(args) -> int:
         print(format_status(args.spec, cfgs, status(cfgs)))
         return 0
     if args.launcher == "local":
-        outcomes = LocalSweep(cfgs, args.jobs, args.retry_failed).run()
+        jobs = jobs_for(args.jobs, args.runs_per_gpu, gpu_count())
+        outcomes = LocalSweep(cfgs, jobs, args.retry_failed).run()
         print("; ".join(f"{len(v)} {k}" for k, v in outcomes.items()))
         if outcomes.get("interrupted") or outcomes.get("not started"):
             return EXIT_INTERRUPTED

@@ -80,7 +80,8 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
     _check_image_fits(model, cfg.model, dataset.train)
     settings, note = compute.resolve(
-        dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, threads=cfg.threads),
+        dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, capture=cfg.capture,
+             threads=cfg.threads),
         compute.Capabilities.of(device.type), recorded=recorded_compute, default_threads=default_threads,
         nchw_only=compute.nchw_only_reason(model, device, cfg.model))
     if settings.threads:
@@ -89,7 +90,7 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    speed.prepare(model, device=device, bf16=settings.bf16, compile=settings.compile,
+    speed.prepare(model, device=device, bf16=settings.bf16, compile=settings.compile, capture=settings.capture,
                   checkpoint_segments=cfg.checkpoint_activations)
     me = distributed.world()
     common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=settings.channels_last,

@@ -22,6 +22,7 @@ from ..rundir import RunDir
 from ..trainable import trainable_parameters
 from .build import Built
 from .callbacks import LOGGERS, Callback, Checkpoint, FiniteCheck, Metrics, Progress, StopOnSignal
+from .graph_step import DeviceStep
 from .objectives import OBJECTIVES
 from .optimizers import OPTIMIZERS
 from .schedule import lr_at
@@ -51,8 +52,10 @@ class Trainer:
         net = distributed.wrap(self.model, self.device) if self.world.distributed and self.params else self.model
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(self.params, cfg) if self.params else None
         self.steps_per_epoch = built.train_batches.num_batches()
-        self.train_step = TrainStep(net, self.optimizer, OBJECTIVES.get(cfg.loss), device=self.device,
-                                    bf16=built.bf16, lr_at_step=lambda i: lr_at(cfg, i / self.steps_per_epoch))
+        step_kind = DeviceStep if built.compute.capture else TrainStep
+        self.train_step = step_kind(net, self.optimizer, OBJECTIVES.get(cfg.loss), built.train_batches,
+                                    device=self.device, bf16=built.bf16,
+                                    lr_at_step=lambda i: lr_at(cfg, i / self.steps_per_epoch))
         self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.eval_steps = {self.total_steps}  # eval_every 0: only at the end
         if cfg.eval_every > 0:
@@ -152,8 +155,8 @@ class Trainer:
                 cb.on_fit_start(self)
             while self.step < self.total_steps and not self.finished_early:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
-                for x, y in self.built.train_batches.batches(epoch, start):
-                    out = self.train_step(x, y, self.step)
+                for batch in self.train_step.epoch(epoch, start):
+                    out = self.train_step(batch, self.step)
                     self.step += 1
                     self.train_images += out.n
                     for cb in self.callbacks:

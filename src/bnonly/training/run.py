@@ -66,8 +66,8 @@ def _train_locked(cfg: TrainConfig, built: Built, run: RunDir, log, extra: list[
     for w in warnings:
         log(f"warning: {w}")
     if state is not None:
-        recorded = state.get("compute")
-        if recorded is not None and recorded != built.compute.to_dict():
+        recorded, now = state.get("compute"), built.compute.to_dict()
+        if recorded is not None and any(now.get(k) != v for k, v in recorded.items()):
             raise ConfigError(f"{run.path} was checkpointed by another process while this launch was starting "
                               f"(compute settings {recorded}); launch it again")
         trainer.load_state(state)

@@ -27,7 +27,8 @@ class StepOutput:
 
 
 class TrainStep:
-    """``step(x, y, index) -> StepOutput``: one SGD-style step on batch ``(x, y)``.
+    """The eager step. ``epoch(e, start)`` yields the batches of epoch ``e`` from batch ``start``
+    on; ``step(batch, index) -> StepOutput`` takes one optimizer step on one of them.
 
     ``index`` is the number of steps taken before this one; ``lr_at_step(index)`` gives its
     learning rate, scaled per parameter group by the group's ``lr_scale`` (default 1). With no
@@ -35,12 +36,16 @@ class TrainStep:
     BatchNorm running statistics.
     """
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer | None, objective: Callable,
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer | None, objective: Callable, batches,
                  *, device: torch.device, bf16: bool, lr_at_step: Callable[[int], float]):
-        self.net, self.optimizer, self.objective = net, optimizer, objective
+        self.net, self.optimizer, self.objective, self.batches = net, optimizer, objective, batches
         self.device, self.bf16, self.lr_at_step = device, bf16, lr_at_step
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: int) -> StepOutput:
+    def epoch(self, epoch: int, start: int = 0):
+        return self.batches.batches(epoch, start)
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> StepOutput:
+        x, y = batch
         with autocast(self.device, self.bf16):
             logits = self.net(x)
             loss = self.objective(logits.float(), y)
