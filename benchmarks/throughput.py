@@ -37,6 +37,7 @@ def render(rows: list[dict]) -> str:
         same = next((x for x in r["rows"] if x["pipeline"].startswith("conventional@")), None)
         dt = r["compute_dtype"]
         flags = [f for f, on in (("channels_last", r["channels_last"]), ("compile", r["compile"]),
+                                 ("captured step", r.get("capture")),
                                  (f"checkpoint {r['checkpoint_activations']}", r["checkpoint_activations"])) if on]
         cells = [
             r["model"], r["train"], " ".join([dt, *flags, f"{fast['threads']} thr"]), _rate(fast["images_per_s"]),

@@ -352,7 +352,8 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
                   load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     with tempfile.TemporaryDirectory() as workdir:
         fast, built = fast_pipeline(cfg.replace(threads=None, progress=False, out=workdir), workdir)
-        result.update(bf16=built.bf16, channels_last=built.channels_last, compile=cfg.compile,
+        result.update(bf16=built.bf16, channels_last=built.channels_last, compile=built.compute.compile,
+                      capture=built.compute.capture,
                       checkpoint_activations=cfg.checkpoint_activations)
         pipelines = [fast]
         if conventional:
