@@ -208,6 +208,42 @@ def test_both_cifars_is_ambiguous(tmp_path):
         open_dataset(str(tmp_path))
 
 
+def test_formats_are_tried_in_registration_order(tmp_path, monkeypatch):
+    """Images first, then an extracted CIFAR folder, then a CIFAR archive: what a mixed folder opens as."""
+    assert data.DATA_FORMATS.names() == ["synthetic", "imagefolder", "cifar-folder", "cifar-archive"]
+    _write_cifar(tmp_path / "build", cifar_mod.CIFAR100, per_file=2, seed=0, protocol=2)
+    archive = _tar(tmp_path / "build" / "cifar-100-python", tmp_path / "build" / "cifar-100-python.tar.gz")
+    monkeypatch.setitem(cifar_mod.ARCHIVE_MD5, archive.name, hashlib.md5(archive.read_bytes()).hexdigest())
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / archive.name).write_bytes(archive.read_bytes())
+    assert (open_dataset(str(mixed)).name, open_dataset(str(mixed)).path) == ("cifar100", str(mixed / archive.name))
+    _write_cifar(mixed, cifar_mod.CIFAR10, per_file=1, seed=1, protocol=2)
+    src = open_dataset(str(mixed))
+    assert (src.name, src.path) == ("cifar10", str(mixed / "cifar-10-batches-py"))
+    _write_png_folder(mixed, per_class=(1, 1))
+    assert open_dataset(str(mixed), cache_dir=str(tmp_path / "c")).name == "imagefolder"
+    with pytest.raises(DataError, match="does not exist"):
+        open_dataset(str(tmp_path / "cifar-10-batches-py"))  # named like one, but not there
+
+
+def test_a_registered_format_is_tried_after_the_built_in_ones(tmp_path):
+    def open_flat(path, options):
+        raw = np.load(data.local_path(path) / "flat.npy")
+        split = ArrayDataset(torch.from_numpy(raw), torch.zeros(len(raw), dtype=torch.int64), ["only"])
+        return data.array_source("flat", split, split, path)
+
+    data.DATA_FORMATS.register("flat", open_flat, detect=lambda path: (data.local_path(path) / "flat.npy").is_file())
+    try:
+        np.save(tmp_path / "flat.npy", np.zeros((3, 3, 4, 4), np.uint8))
+        src = open_dataset(str(tmp_path))
+        assert (src.name, src.num_classes, len(src.train), src.image_size) == ("flat", 1, 3, 4)
+    finally:
+        data.DATA_FORMATS.unregister("flat")
+    with pytest.raises(DataError, match="no dataset found.*flat.npy"):
+        open_dataset(str(tmp_path))
+
+
 # ---------------------------------------------------------------- synthetic
 
 def test_synthetic_deterministic_and_learnable():

@@ -7,7 +7,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnonly.models import GAMMA_INITS, create_model, initialize, list_models, register_family
+from bnonly.cli import main
+from bnonly.layers import output_layer
+from bnonly.models import MODEL_FAMILIES, GAMMA_INITS, create_model, family_of, initialize, list_models, model_families
+from bnonly.trainable import configure, count_trainable
 
 
 def _counts(model: nn.Module) -> tuple[int, int, int]:
@@ -305,10 +308,9 @@ def test_bad_names_raise_with_valid_patterns(name, reason):
         assert pattern in message
 
 
-def test_register_family_adds_a_name():
-    from bnonly.models import registry
-
-    @register_family(r"test_mlp_(?P<hidden>\d+)", "test_mlp_H", num_classes=4)
+def test_a_registered_family_builds_by_name_until_unregistered():
+    @MODEL_FAMILIES.register("test_mlp", regex=r"test_mlp_(?P<hidden>\d+)", patterns="test_mlp_H", num_classes=4,
+                             input_shape=(8,), help="an MLP", examples=["test_mlp_32"])
     def _mlp(hidden, num_classes):
         h = int(hidden)
         return nn.Sequential(nn.Linear(8, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, num_classes))
@@ -317,7 +319,51 @@ def test_register_family_adds_a_name():
         model = create_model("test_mlp_32", seed=3)
         assert model[-1].out_features == 4
         assert (model[1].weight != 1).any() and model[1].weight.max() <= 1
-        assert "test_mlp_H" in list_models()
+        assert "test_mlp_H" in list_models() and family_of("test_mlp_32").input_shape == (8,)
     finally:
-        registry._FAMILIES.pop()
+        MODEL_FAMILIES.unregister("test_mlp")
     assert "test_mlp_H" not in list_models()
+
+
+def test_a_family_missing_part_of_its_contract_is_named():
+    MODEL_FAMILIES.register("test_broken", lambda num_classes: nn.Linear(2, num_classes), regex="test_broken")
+    try:
+        with pytest.raises(TypeError, match="'test_broken' was registered without patterns, num_classes, input_shape"):
+            create_model("cifar_resnet_8")
+    finally:
+        MODEL_FAMILIES.unregister("test_broken")
+
+
+EXAMPLES = [(family.name, name) for family in model_families() for name in family.examples]
+
+
+def test_every_family_has_examples_and_help():
+    assert {"cifar_resnet", "cifar_vgg", "imagenet_resnet"} <= {f.name for f in model_families()}
+    assert all(f.examples and f.help and f.patterns for f in model_families())
+
+
+@pytest.mark.parametrize("family,name", EXAMPLES, ids=[name for _, name in EXAMPLES])
+def test_every_example_builds_forwards_and_counts(family, name):
+    """Each registered family's examples: named by that family, built with any class count,
+    one batch through, and the same parameters whether built for real or on the meta device."""
+    found = family_of(name)
+    assert found.name == family
+    assert output_layer(create_model(name, device="meta"))[1].out_features == found.num_classes
+    model = create_model(name, 7, seed=0).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, *found.input_shape, generator=torch.Generator().manual_seed(0)))
+    assert y.shape == (2, 7) and torch.isfinite(y).all()
+    total = sum(p.numel() for p in model.parameters())
+    assert total == sum(p.numel() for p in create_model(name, 7, device="meta").parameters())
+    assert output_layer(model)[1].out_features == 7
+    configure(model, "all")
+    assert count_trainable(model) == total > 0
+
+
+def test_models_command_prints_every_family(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for family in model_families():
+        for text in (family.name, family.help, *family.patterns, *family.examples):
+            assert text in out
+    assert out.index("cifar_resnet") < out.index("cifar_vgg") < out.index("imagenet_resnet")

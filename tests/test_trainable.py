@@ -1,11 +1,19 @@
-"""What trains: spec parsing, counts, and frozen entries provably untouched."""
+"""What trains: spec parsing, counts, frozen entries provably untouched, and the term registry."""
+
+import inspect
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from bnonly.trainable import (SpecError, bn_param_count, configure, layer_breakdown, plain_state_dict, select,
-                              trainable_parameters)
+from bnonly import layers
+from bnonly.models import initialize
+from bnonly.trainable import (SPEC_HELP, TERMS, SpecError, bn_param_count, configure, layer_breakdown, parse_spec,
+                              plain_state_dict, select, spec_help, term_table_markdown, trainable_parameters)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 class Tricky(nn.Module):
@@ -153,3 +161,115 @@ def test_layer_breakdown_reports_partial_tensors():
     assert rows["conv.bias"]["trainable"] == 0
     assert rows["linear.weight"]["trainable"] == 8 and rows["linear.weight"]["layer"] == "BatchNorm2d"
     assert sum(r["trainable"] for r in rows.values()) == 2 * 29 + N_BN
+
+
+def test_random_draws_are_pinned():
+    """Literal draws: a change here silently changes every random baseline's subset."""
+    masks = select(Tricky(), "random:10+random:10", seed=7).masks
+    assert {n: m.flatten().nonzero().flatten().tolist() for n, m in masks.items()} == {
+        "fc.weight": [18], "bn.weight": [44, 55],
+        "conv.weight": [51, 54, 90, 156, 461, 609, 617, 679, 706, 849, 873, 886, 894, 968, 977, 1114, 1133]}
+    per_channel = select(Tricky(), "random-per-channel:1", seed=7).masks["bn.weight"]
+    assert per_channel.int().argmax(1).tolist() == [4, 7, 2, 7, 13]
+
+
+# ---------------------------------------------------------------- layer kinds: init and what-trains agree
+
+def _every_norm_layer() -> dict[str, nn.Module]:
+    """One of every torch.nn normalization layer, affine where it can be, and the non-affine forms.
+    (A LazyBatchNorm/LazyInstanceNorm becomes its plain class at its first forward.)"""
+    return dict(
+        bn1=nn.BatchNorm1d(4), bn2=nn.BatchNorm2d(4), bn3=nn.BatchNorm3d(4), sync=nn.SyncBatchNorm(4),
+        gn=nn.GroupNorm(2, 4), ln=nn.LayerNorm(4), in1=nn.InstanceNorm1d(4, affine=True),
+        in2=nn.InstanceNorm2d(4, affine=True), in3=nn.InstanceNorm3d(4, affine=True), rms=nn.RMSNorm(4),
+        lrn=nn.LocalResponseNorm(2), bn_plain=nn.BatchNorm2d(4, affine=False),
+        gn_plain=nn.GroupNorm(2, 4, affine=False), ln_plain=nn.LayerNorm(4, elementwise_affine=False),
+        in_plain=nn.InstanceNorm2d(4), rms_plain=nn.RMSNorm(4, elementwise_affine=False),
+        ln_nobias=nn.LayerNorm(4, bias=False))
+
+
+def test_every_torch_norm_layer_with_parameters_is_a_norm_type():
+    table = _every_norm_layer()
+    in_torch = {c for n, c in vars(nn).items()
+                if inspect.isclass(c) and issubclass(c, nn.Module) and "Norm" in n and not n.startswith("Lazy")}
+    assert in_torch <= {type(m) for m in table.values()}, "torch has a new norm layer: add it to the table"
+    assert {n for n, m in table.items() if not isinstance(m, layers.NORM_TYPES)} == {"lrn"}  # it has no γ/β
+
+
+def test_norm_trains_exactly_what_init_initializes():
+    """γ/β the initializer sets (every one starts at 7 here) are exactly what ``norm`` selects."""
+    model = nn.ModuleDict(_every_norm_layer())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(7.0)
+    initialize(model, gamma_init="uniform", seed=0)
+    initialized = {n for n, p in model.named_parameters() if (p != 7).all()}
+    assert initialized == {n for n, _ in model.named_parameters()}  # every norm layer parameter is a γ or β
+    assert set(select(model, "norm").masks) == initialized == set(layers.norm_affine_params(model))
+    assert {"rms.weight", "ln_nobias.weight", "sync.bias"} <= initialized and "ln_nobias.bias" not in initialized
+
+
+def test_random_baselines_draw_from_exactly_the_kaiming_layers():
+    model = nn.Sequential(nn.Conv1d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv3d(4, 4, 1), nn.ConvTranspose2d(4, 4, 3),
+                          nn.Linear(4, 6), nn.Bilinear(3, 3, 2), nn.BatchNorm1d(6), nn.Embedding(5, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(7.0)
+    initialize(model, seed=0)
+    kaiming = {n for n, p in model.named_parameters() if n.endswith("weight") and (p != 7).all()} - {"6.weight"}
+    assert kaiming == {"0.weight", "1.weight", "2.weight", "4.weight"}
+    assert set(select(model, "random-per-channel:1").masks) == kaiming
+    assert set(select(model, f"random:{sum(p.numel() for n, p in model.named_parameters() if n in kaiming)}").masks) \
+        == kaiming
+
+
+# ---------------------------------------------------------------- the term registry
+
+def _readme_table(heading: str) -> str:
+    section = README.read_text().split(f"## {heading}\n", 1)[1]
+    return re.search(r"^\|.*?(?=\n[^|])", section, re.S | re.M).group(0)
+
+
+def test_readme_term_table_is_the_generated_one():
+    assert _readme_table("What trains") == term_table_markdown()
+
+
+def test_spec_help_lists_every_term_in_registry_order():
+    assert SPEC_HELP == spec_help() == ("terms joined by '+': all, none, bn, gamma, beta, norm, output, "
+                                        "random-per-channel:K, random:matched|N (e.g. 'bn+output')")
+    assert term_table_markdown().count("\n| `") == len(TERMS) == 9
+
+
+@pytest.mark.parametrize("spec,reason", [
+    ("bn:2", "takes no argument"), ("random-per-channel", "takes an argument"), ("random:ten", "not a whole number"),
+    ("random:", "not a whole number"), ("gamma+random:matched+x", "unknown what-trains term 'x'")])
+def test_bad_terms_say_why(spec, reason):
+    with pytest.raises(SpecError, match=f"{reason}.*valid: terms joined by"):
+        parse_spec(spec)
+
+
+def test_a_registered_term_is_a_spec_term_until_unregistered():
+    @TERMS.register("fc-bias", help="the output layer's bias")
+    def _fc_bias(model, arg, ctx):
+        return {"bn.bias": True}
+
+    try:
+        assert parse_spec("bn+fc-bias") == ["bn", "fc-bias"]
+        assert "| `fc-bias` | the output layer's bias |" in term_table_markdown()
+        assert counts("bn+fc-bias") == N_BN + 5 and "fc-bias" in spec_help()
+    finally:
+        TERMS.unregister("fc-bias")
+    with pytest.raises(SpecError, match="unknown"):
+        parse_spec("fc-bias")
+
+
+@pytest.mark.parametrize("result,match", [({"nope.weight": True}, "not a parameter"),
+                                          ({"bn.bias": torch.ones(4, dtype=torch.bool)}, "shape \\(5,\\)"),
+                                          ({"bn.bias": torch.ones(5)}, "neither True nor a bool")])
+def test_a_selector_breaking_its_contract_is_named(result, match):
+    TERMS.register("broken", lambda model, arg, ctx: result)
+    try:
+        with pytest.raises(ValueError, match=f"'broken'.*{match}"):
+            select(Tricky(), "bn+broken")
+    finally:
+        TERMS.unregister("broken")

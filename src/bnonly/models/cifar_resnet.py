@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bnonly.models.registry import ModelNameError, register_family
+from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
 DEFAULT_WIDTH = 16
 
@@ -60,10 +60,14 @@ class CifarResNet(nn.Module):
         return self.fc(out)
 
 
-@register_family(
-    r"cifar_resnet_(?P<depth>[1-9]\d*)(?:_(?P<width>[1-9]\d*))?",
-    ("cifar_resnet_D (D = 6n+2, e.g. 14, 20, 32, 56, 110, 866; width 16)", "cifar_resnet_D_W (width W)"),
+@MODEL_FAMILIES.register(
+    "cifar_resnet",
+    regex=r"cifar_resnet_(?P<depth>[1-9]\d*)(?:_(?P<width>[1-9]\d*))?",
+    patterns=("cifar_resnet_D (D = 6n+2, e.g. 14, 20, 32, 56, 110, 866; width 16)", "cifar_resnet_D_W (width W)"),
     num_classes=10,
+    input_shape=(3, 32, 32),
+    help="CIFAR ResNet of depth D and width W, as open_lth's (the paper's deep and wide families)",
+    examples=["cifar_resnet_8_8", "cifar_resnet_14", "cifar_resnet_20_32"],
 )
 def _build(depth: str, width: str | None, num_classes: int) -> CifarResNet:
     return CifarResNet(int(depth), DEFAULT_WIDTH if width is None else int(width), num_classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bnonly.models.registry import ModelNameError, register_family
+from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
 PLANS: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -48,7 +48,15 @@ class CifarVGG(nn.Module):
         return self.fc(self.pool(self.layers(x)).flatten(1))
 
 
-@register_family(r"cifar_vgg_(?P<depth>[1-9]\d*)", "cifar_vgg_11|13|16|19", num_classes=10)
+@MODEL_FAMILIES.register(
+    "cifar_vgg",
+    regex=r"cifar_vgg_(?P<depth>[1-9]\d*)",
+    patterns="cifar_vgg_11|13|16|19",
+    num_classes=10,
+    input_shape=(3, 32, 32),
+    help="CIFAR VGG with BatchNorm after every conv, as open_lth's",
+    examples=["cifar_vgg_11", "cifar_vgg_16"],
+)
 def _build(depth: str, num_classes: int) -> CifarVGG:
     if int(depth) not in PLANS:
         raise ModelNameError(f"CIFAR VGG depth must be one of {', '.join(map(str, PLANS))}; got {depth}")

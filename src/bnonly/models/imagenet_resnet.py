@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bnonly.models.registry import ModelNameError, register_family
+from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
 DEFAULT_WIDTH = 64
 
@@ -105,13 +105,17 @@ class ImageNetResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-@register_family(
-    r"imagenet_resnet_(?P<depth>[1-9]\d*)(?:_(?P<width>[1-9]\d*))?",
-    (
+@MODEL_FAMILIES.register(
+    "imagenet_resnet",
+    regex=r"imagenet_resnet_(?P<depth>[1-9]\d*)(?:_(?P<width>[1-9]\d*))?",
+    patterns=(
         "imagenet_resnet_18|34|50|101|152|200",
         "imagenet_resnet_D_W (W = width per group, default 64; 50_128 = wide_resnet50_2)",
     ),
     num_classes=1000,
+    input_shape=(3, 224, 224),
+    help="ImageNet ResNet with torchvision's structure and module names (v1.5: the 3x3 conv strides)",
+    examples=["imagenet_resnet_18", "imagenet_resnet_50", "imagenet_resnet_50_128"],
 )
 def _build(depth: str, width: str | None, num_classes: int) -> ImageNetResNet:
     return ImageNetResNet(int(depth), DEFAULT_WIDTH if width is None else int(width), num_classes)

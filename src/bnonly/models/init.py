@@ -2,9 +2,9 @@
 
 Conv and linear weights are Kaiming normal (fan-in, ReLU gain); their biases keep PyTorch's default
 distribution. Normalization layers get γ ~ U[0, 1] (the paper's default) or γ = 1, and β = 0.
-Layers are chosen by module type, never by parameter name, and every draw comes from one CPU
-generator visited in ``named_modules()`` order, so a seed fixes the weights bit for bit whatever
-the global RNG state, the model's device or its dtype.
+Layers are chosen by module type (the kinds in ``bnonly.layers``), never by parameter name, and
+every draw comes from one CPU generator visited in ``named_modules()`` order, so a seed fixes the
+weights bit for bit whatever the global RNG state, the model's device or its dtype.
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parameter import UninitializedParameter
 
-GAMMA_INITS = ("uniform", "ones")
+from ..layers import NORM_TYPES, RUNNING_STATS_TYPES, WEIGHT_TYPES
 
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-# _NormBase covers every BatchNorm (incl. SyncBatchNorm) and InstanceNorm.
-NORM_LAYERS: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm) + (
-    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
-)
+GAMMA_INITS = ("uniform", "ones")
 
 _RELU_GAIN = math.sqrt(2.0)
 
@@ -66,7 +61,7 @@ def initialize(model: nn.Module, *, gamma_init: str = "uniform", seed: int | Non
                     f"parameter {name + '.' if name else ''}{pname} is uninitialized (lazy module): "
                     "run one forward pass before initialize()"
                 )
-        if isinstance(module, WEIGHT_LAYERS):
+        if isinstance(module, WEIGHT_TYPES):
             w = module.weight
             fan_in = math.prod(w.shape[1:])
             if fan_in == 0:
@@ -75,13 +70,14 @@ def initialize(model: nn.Module, *, gamma_init: str = "uniform", seed: int | Non
             bound = 1.0 / math.sqrt(fan_in)
             _fill(w, lambda t: t.normal_(0.0, std, generator=g))
             _fill(module.bias, lambda t: t.uniform_(-bound, bound, generator=g))
-        elif isinstance(module, NORM_LAYERS):
+        elif isinstance(module, NORM_TYPES):
             gamma, beta = getattr(module, "weight", None), getattr(module, "bias", None)
             if gamma_init == "uniform":
                 _fill(gamma, lambda t: t.uniform_(0.0, 1.0, generator=g))
             else:
                 _fill(gamma, lambda t: t.fill_(1.0))
             _fill(beta, lambda t: t.zero_())
-            if isinstance(module, _NormBase) and module.track_running_stats and not module.running_mean.is_meta:
+            tracks = isinstance(module, RUNNING_STATS_TYPES) and module.track_running_stats
+            if tracks and not module.running_mean.is_meta:
                 module.reset_running_stats()
     return model

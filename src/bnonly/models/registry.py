@@ -1,4 +1,15 @@
-"""Models built by name: each family registers a regular expression over names and a builder."""
+"""Models built by name: each family registers a pattern over names, a builder, a help line and
+example names in :data:`MODEL_FAMILIES`, where it is defined::
+
+    @MODEL_FAMILIES.register(
+        "toy_convnet", regex=r"toy_convnet_(?P<width>[1-9]\\d*)", patterns="toy_convnet_W (width W)",
+        num_classes=10, input_shape=(3, 32, 32), help="two conv-BN-ReLU layers", examples=["toy_convnet_8"])
+    def build(width: str, num_classes: int) -> nn.Module:
+        ...
+
+``create_model("toy_convnet_8")`` then builds and initializes it; tests build every family's
+examples, and ``bnonly models`` lists them.
+"""
 
 from __future__ import annotations
 
@@ -12,45 +23,69 @@ from torch import nn
 
 from bnonly.models.init import check_gamma_init, initialize
 from ..errors import BnonlyError
+from ..registry import Entry, Registry
 
 
 class ModelNameError(BnonlyError, ValueError):
     """A name that matches a family's pattern but is not buildable (e.g. a bad depth)."""
 
 
+MODEL_FAMILIES: Registry[Callable[..., nn.Module]] = Registry("model family", (
+    "a builder build(**groups, num_classes) -> nn.Module, called with the named groups of `regex` (strings, "
+    "None if absent) for a name that fully matches it; it raises ModelNameError for a name it cannot build "
+    "and leaves initialization to create_model. Register it with regex=, patterns= (the forms shown to "
+    "users), num_classes= (the default), input_shape= (C, H, W of one input), help= and examples= "
+    "(names that build)"))
+
+
 @dataclass(frozen=True)
-class _Family:
+class ModelFamily:
+    """A registered family, as :func:`create_model` and ``bnonly models`` read it."""
+
+    name: str
+    build: Callable[..., nn.Module]
     regex: re.Pattern[str]
     patterns: tuple[str, ...]
     num_classes: int
-    build: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    help: str
+    examples: tuple[str, ...]
+
+    @classmethod
+    def of(cls, entry: Entry[Callable[..., nn.Module]]) -> ModelFamily:
+        missing = [k for k in ("regex", "patterns", "num_classes", "input_shape") if k not in entry.extra]
+        if missing:
+            raise TypeError(f"model family {entry.name!r} was registered without {', '.join(missing)}; "
+                            f"a family provides {MODEL_FAMILIES.contract}")
+        x = entry.extra
+        patterns = (x["patterns"],) if isinstance(x["patterns"], str) else tuple(x["patterns"])
+        return cls(entry.name, entry.obj, re.compile(x["regex"]), patterns, x["num_classes"],
+                   tuple(x["input_shape"]), entry.help, entry.examples)
 
 
-_FAMILIES: list[_Family] = []
-
-
-def register_family(regex: str, patterns: tuple[str, ...] | str, *, num_classes: int):
-    """Register ``build(**named_groups, num_classes=...)`` for names that fully match ``regex``.
-
-    ``patterns`` are the human-readable forms shown by :func:`list_models` and in errors. The
-    builder raises :class:`ModelNameError` for names it cannot build.
-    """
-    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
-
-    def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _FAMILIES.append(_Family(re.compile(regex), patterns, num_classes, build))
-        return build
-
-    return decorator
+def model_families() -> list[ModelFamily]:
+    """Every registered family, in registration order (the order names are matched in)."""
+    return [ModelFamily.of(e) for e in MODEL_FAMILIES.entries()]
 
 
 def list_models() -> list[str]:
-    return [p for family in _FAMILIES for p in family.patterns]
+    """The name patterns of every family, as shown to users."""
+    return [p for family in model_families() for p in family.patterns]
 
 
 def _invalid(name: object, reason: str) -> ValueError:
     valid = "\n".join(f"  {p}" for p in list_models())
     return ModelNameError(f"invalid model name {name!r}: {reason}\nValid model names:\n{valid}")
+
+
+def family_of(name: str) -> ModelFamily:
+    """The first family whose pattern fully matches ``name``; ModelNameError if none does."""
+    if not isinstance(name, str):
+        raise _invalid(name, "a model name is a string")
+    family = next((f for f in model_families() if f.regex.fullmatch(name)), None)
+    if family is None:
+        raise _invalid(name, "it matches no known pattern")
+    return family
 
 
 def create_model(
@@ -66,11 +101,7 @@ def create_model(
     ``num_classes=None`` takes the family default. ``device="meta"`` builds without memory or
     initialization (for counting parameters). Building never consumes the global RNG.
     """
-    if not isinstance(name, str):
-        raise _invalid(name, "a model name is a string")
-    family = next((f for f in _FAMILIES if f.regex.fullmatch(name)), None)
-    if family is None:
-        raise _invalid(name, "it matches no known pattern")
+    family = family_of(name)
     check_gamma_init(gamma_init)
     if num_classes is None:
         num_classes = family.num_classes
