@@ -1,6 +1,8 @@
-"""The report is generated here (and so in CI) from a few tiny runs: tables, figures, paper numbers."""
+"""The report is generated here (and so in CI) from a few tiny runs: tables, figures, paper numbers,
+and the same report from analysis.json files of the previous format."""
 
 import json
+import shutil
 import statistics
 
 import pandas as pd
@@ -8,6 +10,7 @@ import pytest
 import yaml
 
 from bnonly import paper_numbers as paper
+from bnonly.analysis import migrate
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import create_model
@@ -59,10 +62,13 @@ def test_tables_hold_every_run_and_seed_statistics(reported):
     assert bn8["test_acc_mean"] == pytest.approx(statistics.mean(accs))
     assert bn8["test_acc_std"] == pytest.approx(statistics.stdev(accs))
     assert bn8["trainable_params"] == bn_param_count(create_model("cifar_resnet_8_8", 4))
-    analyses = [json.loads(p.read_text()) for p in reported["runs"].glob("cifar_resnet_8_8.bn.*/analysis.json")]
-    assert bn8["fraction_dead_mean"] == pytest.approx(statistics.mean(a["fraction_dead"] for a in analyses))
+    analyses = [json.loads(p.read_text())["sections"]
+                for p in reported["runs"].glob("cifar_resnet_8_8.bn.*/analysis.json")]
+    assert bn8["fraction_dead_mean"] == pytest.approx(statistics.mean(a["disabled"]["fraction_dead"] for a in analyses))
     assert bn8["fraction_dead_relu_fed_mean"] == pytest.approx(
-        statistics.mean(a["fraction_dead_relu_fed"] for a in analyses))
+        statistics.mean(a["disabled"]["fraction_dead_relu_fed"] for a in analyses))
+    assert bn8["gamma_below_0.05_std"] == pytest.approx(
+        statistics.stdev(a["affine"]["fraction_gamma_below"]["0.05"] for a in analyses))
     for kind in ("relu_fed", "other"):  # the ablation split, averaged over seeds like every other number
         assert bn8[f"ablation_{kind}_disabled_zeroed_acc_mean"] == pytest.approx(statistics.mean(
             a["ablation"]["by_destination"][kind]["disabled_zeroed_acc"] for a in analyses))
@@ -89,6 +95,10 @@ def test_report_markdown_and_figures(reported):
     assert "cifar_resnet_8_8: bn " in text and "vs random:matched" in text
     assert "| cifar_resnet_8_8 | `bn` | 0,1 |" in text
     assert "other BNs (residual side): as many random zeroed |" in text  # the split table's header
+    assert "| model | what trains | runs | \\|γ\\| < 0.01 | \\|γ\\| < 0.05 | \\|γ\\| < 0.1 | disabled |" in text
+    # Each kind's columns side by side, in the order of DESTINATION_LABELS.
+    assert ("| disabled, ReLU-fed BNs | ReLU-fed BNs: n zeroed | ReLU-fed BNs: disabled zeroed | ReLU-fed BNs: as many "
+            "random zeroed | other BNs (residual side): n zeroed |") in text
 
 
 def test_report_cli_and_errors(reported, tmp_path, capsys):
@@ -103,6 +113,35 @@ def test_report_cli_and_errors(reported, tmp_path, capsys):
     assert "no finished runs" in capsys.readouterr().err
     with pytest.raises(ReportError, match="is not a folder"):
         make_report(tmp_path / "nowhere")
+
+
+def as_format_2(a: dict) -> dict:
+    """The one flat object the format-2 code wrote for analysis ``a`` (``migrate`` undoes it)."""
+    af, dis, ab = (a["sections"][k] for k in ("affine", "disabled", "ablation"))
+    runner = ("version", "options", "seconds")
+    flat = {k: v for k, v in a.items() if k not in ("format", "sections")}
+    flat.update({k: v for k, v in af.items() if k not in runner + ("layers",)})
+    flat.update({k: v for k, v in dis.items() if k not in runner + ("layers",)})
+    layers = [{**{k: v for k, v in la.items() if k != "channels"}, **{k: ld[k] for k in ("feeds_relu", "n_dead",
+               "fraction_dead")}, "channels": la["channels"] | ld["channels"]}
+              for la, ld in zip(af["layers"], dis["layers"])]
+    flat.update(version=2, options=af["options"] | dis["options"] | ab["options"], layers=layers, seconds=1.0,
+                ablation={k: v for k, v in ab.items() if k not in runner})
+    return flat
+
+
+def test_report_of_format_2_analyses_is_the_same(reported, tmp_path):
+    """Files written before sections existed are migrated when read: the same report, byte for byte."""
+    runs = tmp_path / "runs"
+    shutil.copytree(reported["runs"], runs)
+    today = make_report(runs, tmp_path / "today").read_text()
+    for path in runs.glob("*/analysis.json"):
+        a = json.loads(path.read_text())
+        old = as_format_2(a)
+        assert migrate(old)["sections"] == {k: {**s, "seconds": None} for k, s in a["sections"].items()}
+        path.write_text(json.dumps(old))
+    assert make_report(runs, tmp_path / "old").read_text() == today
+    assert pd.read_csv(tmp_path / "old" / "runs.csv").equals(pd.read_csv(tmp_path / "today" / "runs.csv"))
 
 
 def test_report_without_analyses_says_so(tmp_path):
@@ -130,7 +169,7 @@ def test_model_shape():
 
 
 def test_paper_numbers_are_sourced_and_match_the_parameter_table():
-    assert all(p.source in ("[paper]", "[third-party]") and 0 < p.value < 1 for p in paper.PAPER_NUMBERS)
+    assert all(p.source in paper.SOURCES and 0 < p.value < 1 for p in paper.PAPER_NUMBERS)
     assert paper.numbers("top1", "CIFAR-10")[0].value == 0.82
     port = [p.value for p in paper.PAPER_NUMBERS if "port" in p.series]
     assert port == [0.467, 0.513, 0.552, 0.652, 0.701, 0.737, 0.778]

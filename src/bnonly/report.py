@@ -11,15 +11,19 @@ Writes into ``--out`` (default ``RUNS_DIR/report``)::
 Runs are grouped by model, what-trains spec and *variant*: the other identity fields of the
 config (epochs, lr, ...) that differ among the runs gathered, so runs of different recipes are
 never averaged together. γ/disabled-feature results come from each run's ``analysis.json``
-(``bnonly analyze``, or ``--analyze`` here).
+(``bnonly analyze``, or ``--analyze`` here; older formats are migrated when read): every column
+that a registered evaluator declares (:class:`bnonly.analysis.Column`) becomes a column of runs.csv
+and groups.csv and, if it has a label, of the report.md table it names.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +43,6 @@ class ReportError(BnonlyError, ValueError):
 _MODEL = re.compile(r"(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_(?P<depth>\d+)(?:_(?P<width>\d+))?")
 _DEFAULT_WIDTH = {"cifar_resnet": cifar_resnet.DEFAULT_WIDTH, "imagenet_resnet": imagenet_resnet.DEFAULT_WIDTH}
 _NOT_VARIANT = {"model", "train", "seed", "selection_seed"} | set(cfgmod.IDENTITY_EXCLUDED)
-# The ablation numbers of analysis.json that runs.csv carries (per kind of BN too, but the baseline).
-ABLATION_KEYS = ("n_zeroed", "baseline_acc", "disabled_zeroed_acc", "random_zeroed_acc_mean", "random_zeroed_acc_std")
 # Specs in the order tables and legends list them; others follow alphabetically.
 _SPEC_ORDER = ("all", "bn", "bn+output", "gamma", "beta", "output", "random-per-channel:2", "random:matched")
 _SETUP_FIELDS = ("data", "epochs", "schedule_epochs", "milestones", "lr", "lr_gamma", "warmup_epochs", "batch_size",
@@ -63,8 +65,8 @@ def _spec_key(spec: str):
 # --- gathering -------------------------------------------------------------------------------
 
 def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
-    """One row per finished run below ``root``, run -> its analysis.json (when present), and
-    each run's config.json (in row order)."""
+    """One row per finished run below ``root`` (with the numbers the registered evaluators declare),
+    run -> its analysis.json (when present, in today's format), and each run's config.json (in row order)."""
     root = Path(root)
     rows, analyses, configs = [], {}, []
     for path in an.finished_runs(root):
@@ -80,19 +82,11 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
             bn_params=summary.get("bn_params"), wall_seconds=summary.get("wall_seconds"),
             images_per_second=summary.get("images_per_second"), device=summary.get("device"),
         )
-        a = read_json(path / an.ANALYSIS_FILE)
+        a = an.read_analysis(path)
         row["analyzed"] = a is not None
         if a is not None:
             analyses[name] = a
-            row.update(fraction_dead=a["fraction_dead"], n_dead=a["n_dead"], n_features=a["n_features"],
-                       dead_share=a["options"]["dead_share"])
-            row.update({f"gamma_below_{k}": v for k, v in a["fraction_gamma_below"].items()})
-            row["dead_with_negative_beta"] = a["dead_relation"]["fraction_of_dead_with_negative_beta"]
-            row["fraction_dead_relu_fed"] = a.get("fraction_dead_relu_fed")  # absent from version-1 analyses
-            ab = a["ablation"]
-            row.update({f"ablation_{k}": ab[k] for k in ABLATION_KEYS})
-            for kind, part in (ab.get("by_destination") or {}).items():
-                row.update({f"ablation_{kind}_{k}": part[k] for k in ABLATION_KEYS if k != "baseline_acc"})
+            row.update(an.column_values(a))
         rows.append(row)
         configs.append(normalized(cfg))
     for row, variant in zip(rows, _variants(configs)):
@@ -151,18 +145,49 @@ def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[d
     return out
 
 
+@dataclass(frozen=True)
+class ReportColumn:
+    """A declared column as the report uses it: for one key, if the declaration is a family."""
+
+    name: str
+    label: str
+    table: str
+    spread: str | None
+    unit: str
+
+
+def report_columns(analyses: list[dict]) -> list[ReportColumn]:
+    """The columns the registered evaluators declare, over the keys the ``analyses`` hold, in
+    declaration order; consecutive family columns of one evaluator are laid out key by key."""
+    out = []
+    for entry in an.EVALUATORS.entries():
+        sections = [a["sections"][entry.name] for a in analyses if entry.name in a["sections"]]
+        if not sections:
+            continue
+        for family, group in itertools.groupby(entry.obj.columns, key=lambda c: c.family):
+            group = list(group)
+            if not family:
+                out += [ReportColumn(c.name, c.label, c.table, c.spread, c.unit) for c in group]
+                continue
+            keys = list(dict.fromkeys(k for c in group for s in sections for k in (c.get(s) or {})))
+            if group[0].key_order is not None:
+                keys.sort(key=group[0].key_order)
+            out += [ReportColumn(c.name.replace("{key}", k), c.label.replace("{key}", c.key_label(k)), c.table,
+                                 c.spread and c.spread.replace("{key}", k), c.unit) for k in keys for c in group]
+    return out
+
+
 def _number(v) -> float:
     """Sort key of a depth or width that may be missing (None or NaN sort first)."""
     return -1.0 if v is None or v != v else float(v)
 
 
-def aggregate(df):
-    """Model x what-trains x variant: mean and std (over seeds) of every number of a run."""
+def aggregate(df, columns: list[ReportColumn]):
+    """Model x what-trains x variant: mean and std (over seeds) of every number of a run: accuracy,
+    wall time and the evaluators' ``columns``."""
     import pandas as pd
 
-    value_cols = [c for c in df.columns if c.startswith(("gamma_below_", "ablation_"))] + [
-        c for c in ("test_acc", "test_top5", "fraction_dead", "fraction_dead_relu_fed", "dead_with_negative_beta",
-                    "wall_seconds") if c in df]
+    value_cols = ["test_acc", "test_top5", "wall_seconds"] + [c.name for c in columns]
     groups = []
     for (model, train, variant), g in df.groupby(["model", "train", "variant"], sort=False):
         first = g.iloc[0]
@@ -292,7 +317,7 @@ def fig_accuracy_vs_params(plt, groups, colors, path: Path) -> Path:
 
 
 def _pooled(analyses: list[dict], key: str) -> np.ndarray:
-    return np.concatenate([an._channels(a, key) for a in analyses]) if analyses else np.zeros(0)
+    return np.concatenate([an.channels(a["sections"]["affine"], key) for a in analyses]) if analyses else np.zeros(0)
 
 
 def fig_gamma_histograms(plt, df, analyses, colors, path: Path, max_panels: int = 4) -> Path | None:
@@ -302,8 +327,9 @@ def fig_gamma_histograms(plt, df, analyses, colors, path: Path, max_panels: int 
         trained = {}
         for (train, variant), gs in g.groupby(["train", "variant"], sort=False):
             runs = [analyses[r] for r in gs["run"]]
-            if any(np.any(an._channels(a, "gamma") != an._channels(a, "init_gamma")) for a in runs
-                   if "init_gamma" in a["layers"][0]["channels"]):
+            affines = [a["sections"]["affine"] for a in runs]
+            if any(np.any(an.channels(s, "gamma") != an.channels(s, "init_gamma")) for s in affines
+                   if "init_gamma" in s["layers"][0]["channels"]):
                 trained[_label(train, variant)] = runs
         if trained:
             panels.append((model, trained))
@@ -407,7 +433,8 @@ def _duration(seconds: float) -> str:
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines = ["| " + " | ".join(str(h).replace("|", "\\|") for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -459,7 +486,8 @@ def _paper_rows(groups) -> list[list]:
     return rows
 
 
-def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict], note: str | None, command: str | None, thresholds: list[str]) -> str:
+def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict],
+                    note: str | None, command: str | None, columns: list[ReportColumn]) -> str:
     md = [f"# {title}", ""]
     if note:
         md += [note.strip(), ""]
@@ -512,21 +540,17 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
         md += [f"A feature (one BN channel) is *disabled* when ReLU(BN output) is zero everywhere for at least "
                f"{' / '.join(f'{100 * s:g}%' for s in share)} of test inputs (see the README's analysis section). "
                f"Fractions in % of all BN features, mean ± std over seeds.", ""]
-        headers = ["model", "what trains", "runs"] + [f"\\|γ\\| < {t}" for t in thresholds] + [
-            "disabled", "disabled with β < 0", "acc", "disabled zeroed", "as many random zeroed"]
-        rows = []
-        for _, r in analyzed.iterrows():
-            rows.append([r["model"], f"`{_label(r['train'], r['variant'])}`", r["n_analyzed"]]
-                        + [_pct(r[f"gamma_below_{t}_mean"], r[f"gamma_below_{t}_std"]) for t in thresholds]
-                        + [_pct(r["fraction_dead_mean"], r["fraction_dead_std"]),
-                           _pct(r["dead_with_negative_beta_mean"]),
-                           _pct(r["ablation_baseline_acc_mean"]), _pct(r["ablation_disabled_zeroed_acc_mean"]),
-                           _pct(r["ablation_random_zeroed_acc_mean_mean"], r["ablation_random_zeroed_acc_std_mean"])])
-        md += [_table(headers, rows), "",
-               "Ablation columns: test accuracy (%) with nothing zeroed, with the disabled features' BN outputs "
+        md += _columns_table(analyzed, columns, "learned", runs=True)
+        md += ["Ablation columns: test accuracy (%) with nothing zeroed, with the disabled features' BN outputs "
                "zeroed, and with as many randomly chosen BN features zeroed (mean ± std over the random draws, "
                "averaged over seeds).", ""]
-        md += _destination_table(analyzed)
+        split = _columns_table(analyzed, columns, "by_destination")
+        if split:
+            md += ["The same, split by where each BN's output goes. A *ReLU-fed* BN's output goes only into a ReLU "
+                   "(found by tracing the model), so its disabled features are zero after the ReLU already; the "
+                   "*other* BNs (in a ResNet: each block's second BN and its shortcut BN) feed the residual sum, "
+                   "where zeroing a disabled feature removes a negative contribution. Random draws are taken within "
+                   "the same kind of BN. Accuracies in %, averaged over seeds.", ""] + split
         md += _figure(figures, "gamma", "Learned γ (log-scale counts), pooled over seeds, for every spec that trains "
                       "γ, over the initial γ of one run.", "No analysed run trains γ.")
         md += _figure(figures, "disabled", "Small-γ and disabled fractions per model × what trains; the dashed line "
@@ -542,30 +566,25 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     return "\n".join(md)
 
 
-def _destination_table(analyzed) -> list[str]:
-    """Disabled share and ablation split by where each BN's output goes (ReLU or elsewhere)."""
-    kinds = [k for k in an.DESTINATION_LABELS if f"ablation_{k}_n_zeroed_mean" in analyzed]
-    if "fraction_dead_relu_fed_mean" not in analyzed or not kinds:
+def _cell(r, c: ReportColumn) -> str:
+    """A group's value of column ``c``: its mean over seeds, with the spread ``c`` declares."""
+    mean = r[f"{c.name}_mean"]
+    if c.unit == "count":
+        return "–" if mean != mean else f"{mean:.0f}"
+    spread = r[f"{c.name}_std"] if c.spread == "seeds" else math.nan if c.spread is None else r[f"{c.spread}_mean"]
+    return _pct(mean, spread)
+
+
+def _columns_table(analyzed, columns: list[ReportColumn], table: str, runs: bool = False) -> list[str]:
+    """The report.md table ``table``: one row per analysed group, one column per labelled column that
+    names it (none if no group has a number in any of them); ``runs`` adds the analysed-run count."""
+    shown = [c for c in columns if c.label and c.table == table]
+    if not any(analyzed[f"{c.name}_mean"].notna().any() for c in shown):
         return []
-    headers = ["model", "what trains", "disabled, ReLU-fed BNs"]
-    for kind in kinds:
-        label = an.DESTINATION_LABELS[kind]
-        headers += [f"{label}: n zeroed", f"{label}: disabled zeroed", f"{label}: as many random zeroed"]
-    rows = []
-    for _, r in analyzed.iterrows():
-        row = [r["model"], f"`{_label(r['train'], r['variant'])}`",
-               _pct(r["fraction_dead_relu_fed_mean"], r["fraction_dead_relu_fed_std"])]
-        for kind in kinds:
-            n = r[f"ablation_{kind}_n_zeroed_mean"]
-            row += ["–" if n != n else f"{n:.0f}", _pct(r[f"ablation_{kind}_disabled_zeroed_acc_mean"]),
-                    _pct(r[f"ablation_{kind}_random_zeroed_acc_mean_mean"],
-                         r[f"ablation_{kind}_random_zeroed_acc_std_mean"])]
-        rows.append(row)
-    return ["The same, split by where each BN's output goes. A *ReLU-fed* BN's output goes only into a ReLU "
-            "(found by tracing the model), so its disabled features are zero after the ReLU already; the "
-            "*other* BNs (in a ResNet: each block's second BN and its shortcut BN) feed the residual sum, where "
-            "zeroing a disabled feature removes a negative contribution. Random draws are taken within the "
-            "same kind of BN. Accuracies in %, averaged over seeds.", "", _table(headers, rows), ""]
+    headers = ["model", "what trains"] + (["runs"] if runs else []) + [c.label for c in shown]
+    rows = [[r["model"], f"`{_label(r['train'], r['variant'])}`"] + ([r["n_analyzed"]] if runs else [])
+            + [_cell(r, c) for c in shown] for _, r in analyzed.iterrows()]
+    return [_table(headers, rows), ""]
 
 
 def _figure(figures: dict, key: str, caption: str, absent: str) -> list[str]:
@@ -596,7 +615,8 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
     if not rows:
         raise ReportError(f"no finished runs below {root} (a finished run has summary.json with status 'done')")
     df = pd.DataFrame(rows)
-    groups = aggregate(df)
+    columns = report_columns(list(analyses.values()))
+    groups = aggregate(df, columns)
 
     pending = unfinished(root, sweep)
 
@@ -621,7 +641,7 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
     text = render_markdown(
         title=title or f"bnonly report: {root.name}", root=root, df=df, groups=groups, figures=figures,
         configs=configs, pending=pending, note=Path(note).read_text() if note else None,
-        command=command, thresholds=thresholds)
+        command=command, columns=columns)
     report = out / "report.md"
     report.write_text(text)
     return report

@@ -1,0 +1,203 @@
+"""The built-in evaluators: ``affine`` (γ/β statistics), ``disabled`` (disabled features, with the
+ReLU-fed split) and ``ablation`` (zeroing the disabled features against as many random ones).
+
+``disabled`` makes the one baseline pass over the test set (``ctx.baseline``: accuracy and off
+shares together) and records the disabled channels exactly; ``ablation`` reads them from that
+section, so a new number of draws redoes only the ablation's own passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .evaluators import AnalysisContext, Column, evaluator
+from .features import DESTINATION_LABELS, affine_values, random_masks, split_by_destination
+from .stats import compact, describe, fraction_below, share, threshold_key
+
+
+# --- affine: γ and β --------------------------------------------------------------------------
+
+def _affine_summary(s: dict) -> list[str]:
+    return ["|γ| " + "  ".join(f"<{k}: {100 * v:.1f}%" for k, v in s["fraction_gamma_below"].items())]
+
+
+@evaluator("affine", version=1, options=("thresholds",), summary=_affine_summary, columns=(
+    Column("n_features", lambda s: s["n_features"]),
+    Column("gamma_below_{key}", lambda s: s["fraction_gamma_below"], "|γ| < {key}", key_order=float),
+))
+def affine(ctx: AnalysisContext, options: dict) -> dict:
+    """γ and β after training (and at initialization, given init.pt): statistics per layer and overall."""
+    thresholds = options["thresholds"]
+    per_layer, gammas, betas, init_gammas, init_betas = [], [], [], [], []
+    for name, module in ctx.layers:
+        gamma, beta = affine_values(module)
+        channels = dict(gamma=compact(gamma), beta=compact(beta))
+        init_g = None
+        if ctx.init_state is not None:
+            w, b = ctx.init_state.get(f"{name}.weight"), ctx.init_state.get(f"{name}.bias")
+            init_g = w.float().cpu() if w is not None else torch.ones_like(gamma)
+            init_b = b.float().cpu() if b is not None else torch.zeros_like(beta)
+            init_gammas.append(init_g)
+            init_betas.append(init_b)
+            channels.update(init_gamma=compact(init_g), init_beta=compact(init_b))
+        gammas.append(gamma)
+        betas.append(beta)
+        per_layer.append(dict(
+            name=name, type=type(module).__name__, num_features=gamma.numel(), affine=module.affine,
+            gamma=describe(gamma), beta=describe(beta), init_gamma=describe(init_g) if init_g is not None else None,
+            fraction_gamma_below=fraction_below(gamma, thresholds), channels=channels,
+        ))
+    gamma, beta = torch.cat(gammas), torch.cat(betas)
+    return dict(
+        n_layers=len(per_layer), n_features=gamma.numel(), fraction_gamma_below=fraction_below(gamma, thresholds),
+        overall=dict(
+            gamma=describe(gamma), abs_gamma=describe(gamma.abs()), beta=describe(beta),
+            init_gamma=describe(torch.cat(init_gammas)) if init_gammas else None,
+            init_beta=describe(torch.cat(init_betas)) if init_betas else None,
+        ),
+        layers=per_layer,
+    )
+
+
+# --- disabled features ------------------------------------------------------------------------
+
+def _disabled_summary(s: dict) -> list[str]:
+    line = (f"test acc {s['test']['test_acc']:.4f}; disabled (off for >= {s['options']['dead_share']:.0%} of "
+            f"{s['test']['n_examples']} test inputs): {100 * s['fraction_dead']:.1f}% "
+            f"({s['n_dead']}/{s['n_features']} features)")
+    if s.get("fraction_dead_relu_fed") is not None:
+        line += (f"; of ReLU-fed BN features {100 * s['fraction_dead_relu_fed']:.1f}% "
+                 f"({s['n_dead_relu_fed']}/{s['n_relu_fed_features']})")
+    return [line]
+
+
+@evaluator("disabled", version=1, options=("thresholds", "dead_share"), summary=_disabled_summary, columns=(
+    Column("fraction_dead", lambda s: s["fraction_dead"], "disabled"),
+    Column("n_dead", lambda s: s["n_dead"]),
+    Column("dead_share", lambda s: s["options"]["dead_share"]),
+    Column("dead_with_negative_beta", lambda s: s["dead_relation"]["fraction_of_dead_with_negative_beta"],
+           "disabled with β < 0", spread=None),
+    # Absent from sections migrated from format 1 (before the split).
+    Column("fraction_dead_relu_fed", lambda s: s.get("fraction_dead_relu_fed"), "disabled, ReLU-fed BNs",
+           table="by_destination"),
+))
+def disabled(ctx: AnalysisContext, options: dict) -> dict:
+    """Disabled features (ReLU(BN) zero on at least dead_share of test inputs), overall and among ReLU-fed BNs."""
+    test, off = ctx.baseline
+    relu_fed = ctx.relu_fed
+    masks = {name: off[name] >= options["dead_share"] for name, _ in ctx.layers}
+    per_layer = [dict(name=name, feeds_relu=None if relu_fed is None else name in relu_fed, n_dead=int(mask.sum()),
+                      fraction_dead=mask.double().mean().item(), dead_channels=mask.nonzero().flatten().tolist(),
+                      channels=dict(off_share=compact(off[name])))
+                 for name, mask in masks.items()]
+    gamma, beta = (torch.cat(values) for values in zip(*(affine_values(m) for _, m in ctx.layers)))
+    dead = torch.cat(list(masks.values()))
+    return dict(
+        test=test, n_features=dead.numel(), n_dead=int(dead.sum()), fraction_dead=dead.double().mean().item(),
+        dead_relation=_dead_relation(dead, gamma, beta, options["thresholds"]),
+        **_relu_fed_counts(None if relu_fed is None else split_by_destination(masks, relu_fed).get("relu_fed", {})),
+        layers=per_layer,
+    )
+
+
+def _relu_fed_counts(relu_fed_masks: dict[str, torch.Tensor] | None) -> dict:
+    """Features of ReLU-fed BNs, and the disabled count and share among them (None without a trace)."""
+    if relu_fed_masks is None:
+        return dict(n_relu_fed_features=None, n_dead_relu_fed=None, fraction_dead_relu_fed=None)
+    n_features = sum(m.numel() for m in relu_fed_masks.values())
+    n_dead = int(sum(int(m.sum()) for m in relu_fed_masks.values()))
+    return dict(n_relu_fed_features=n_features, n_dead_relu_fed=n_dead,
+                fraction_dead_relu_fed=n_dead / n_features if n_features else None)
+
+
+def _dead_relation(dead, gamma, beta, thresholds) -> dict:
+    """How disabled features relate to small |γ| and to β < 0."""
+    alive = ~dead
+    small = {threshold_key(t): gamma.abs() < t for t in thresholds}
+    return dict(
+        fraction_of_dead_with_gamma_below={k: share(s, dead) for k, s in small.items()},
+        fraction_of_gamma_below_that_are_dead={k: share(dead, s) for k, s in small.items()},
+        fraction_of_dead_with_negative_beta=share(beta < 0, dead),
+        fraction_of_alive_with_negative_beta=share(beta < 0, alive),
+    )
+
+
+def dead_masks(disabled_section: dict) -> dict[str, torch.Tensor]:
+    """Layer name -> bool mask of its disabled channels, as a ``disabled`` section records them."""
+    masks = {}
+    for layer in disabled_section["layers"]:
+        masks[layer["name"]] = mask = torch.zeros(len(layer["channels"]["off_share"]), dtype=torch.bool)
+        mask[layer["dead_channels"]] = True
+    return masks
+
+
+# --- ablation ---------------------------------------------------------------------------------
+
+def _ablation_summary(s: dict) -> list[str]:
+    kinds = (s.get("by_destination") or {}).items()
+    parts = [("ablation", s)] + [(f"  {DESTINATION_LABELS[k]} only", v) for k, v in kinds]
+    return [f"{label}: zero the {p['n_zeroed']} disabled -> acc {p['disabled_zeroed_acc']:.4f}; "
+            f"zero {p['n_zeroed']} random -> {p['random_zeroed_acc_mean']:.4f} ± {p['random_zeroed_acc_std']:.4f} "
+            f"({p['draws']} draws)" for label, p in parts]
+
+
+def _per_kind(key: str):
+    """Getter of ``key`` of each kind's ablation (absent before the split: format 1)."""
+    return lambda s: {kind: part[key] for kind, part in (s.get("by_destination") or {}).items()}
+
+
+_KIND = dict(key_label=DESTINATION_LABELS.get, key_order=list(DESTINATION_LABELS).index)
+
+
+@evaluator("ablation", version=1, options=("draws", "seed"), needs=("disabled",), summary=_ablation_summary,
+           columns=(
+    Column("ablation_n_zeroed", lambda s: s["n_zeroed"]),
+    Column("ablation_baseline_acc", lambda s: s["baseline_acc"], "acc", spread=None),
+    Column("ablation_disabled_zeroed_acc", lambda s: s["disabled_zeroed_acc"], "disabled zeroed", spread=None),
+    Column("ablation_random_zeroed_acc_mean", lambda s: s["random_zeroed_acc_mean"], "as many random zeroed",
+           spread="ablation_random_zeroed_acc_std"),
+    Column("ablation_random_zeroed_acc_std", lambda s: s["random_zeroed_acc_std"]),
+    Column("ablation_{key}_n_zeroed", _per_kind("n_zeroed"), "{key}: n zeroed", "by_destination", spread=None,
+           unit="count", **_KIND),
+    Column("ablation_{key}_disabled_zeroed_acc", _per_kind("disabled_zeroed_acc"), "{key}: disabled zeroed",
+           "by_destination", spread=None, **_KIND),
+    Column("ablation_{key}_random_zeroed_acc_mean", _per_kind("random_zeroed_acc_mean"),
+           "{key}: as many random zeroed", "by_destination", spread="ablation_{key}_random_zeroed_acc_std", **_KIND),
+    Column("ablation_{key}_random_zeroed_acc_std", _per_kind("random_zeroed_acc_std")),
+))
+def ablation_section(ctx: AnalysisContext, options: dict) -> dict:
+    """Accuracy with the disabled features zeroed vs as many random ones, overall and per kind of BN."""
+    disabled_section = ctx.sections["disabled"]
+    masks = dead_masks(disabled_section)
+    traced = disabled_section["layers"][0]["feeds_relu"] is not None
+    by_kind = split_by_destination(masks, {l["name"] for l in disabled_section["layers"] if l["feeds_relu"]}) \
+        if traced else {}
+    run = dict(baseline_acc=disabled_section["test"]["test_acc"], draws=options["draws"], seed=options["seed"])
+    overall = ablation(ctx, masks, **run)
+    # Where the model holds a single kind of BN (VGG: all ReLU-fed), its ablation is the overall one.
+    overall["by_destination"] = {kind: dict(overall) if len(by_kind) == 1 else ablation(ctx, kind_masks, **run)
+                                 for kind, kind_masks in by_kind.items()} if traced else None
+    return overall
+
+
+def ablation(ctx: AnalysisContext, disabled: dict[str, torch.Tensor], *, baseline_acc: float, draws: int,
+             seed: int) -> dict:
+    """Test accuracy with the ``disabled`` features zeroed, and with as many random ones zeroed
+    (``draws`` seeded draws over the same layers)."""
+    n = int(sum(int(m.sum()) for m in disabled.values()))
+    sizes = {name: m.numel() for name, m in disabled.items()}
+    if n == 0:
+        # Zeroing nothing changes nothing: no need to evaluate again.
+        random_accs = [baseline_acc] * draws
+        zeroed_acc = baseline_acc
+    else:
+        zeroed_acc = ctx.accuracy(disabled)
+        rng = np.random.default_rng(seed)
+        random_accs = [ctx.accuracy(random_masks(sizes, n, rng)) for _ in range(draws)]
+    return dict(
+        criterion="disabled", n_zeroed=n, n_features=sum(sizes.values()), draws=draws, seed=seed,
+        baseline_acc=baseline_acc, disabled_zeroed_acc=zeroed_acc,
+        random_zeroed_acc=random_accs, random_zeroed_acc_mean=float(np.mean(random_accs)),
+        random_zeroed_acc_std=float(np.std(random_accs, ddof=1)) if draws > 1 else 0.0,
+    )
