@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError
+from .trainable import SPEC_HELP
 
 
 def _f(default, help: str, allowed: "Allowed | None" = None, **kw):
@@ -78,12 +79,15 @@ class TrainConfig:
 
     # What is trained, and how it starts.
     model: str = _f("cifar_resnet_20", "model name, e.g. cifar_resnet_14, cifar_resnet_56_32, cifar_vgg_16, imagenet_resnet_50", NON_EMPTY)
-    train: str = _f("bn", "what trains: terms joined by '+' (all, none, bn, gamma, beta, norm, output, random-per-channel:K, random:matched, random:N)", NON_EMPTY)
+    train: str = _f("bn", f"what trains: {SPEC_HELP}", NON_EMPTY)
     bn_affine: bool = _f(True, "false: BatchNorm γ=1, β=0 fixed (the 'no affine' ablation)")
     gamma_init: str = _f("uniform", "BatchNorm γ init: uniform (U[0,1], the paper) or ones", one_of("uniform", "ones"))
     seed: int = _f(0, "seed of the initial weights, data order and augmentation", SEED)
     selection_seed: Optional[int] = _f(None, "seed of random what-trains subsets (default: seed)", SEED)
+    weight_init: str = _f("kaiming_normal", "distribution of the conv/linear weights (frozen or not): kaiming_normal (the paper), kaiming_uniform, orthogonal, signed_constant (±σ of Kaiming normal)", NON_EMPTY)
+    init_from: str = _f("", "start from this finished run's final weights (a run folder); the output layer is re-initialized when the class count differs; the source run's id is part of this run's identity")
     num_classes: Optional[int] = _f(None, "output classes (default: the dataset's); at least the dataset's", at_least(2))
+    classes: str = _f("", "train and test on these classes only: comma-separated class names or indices, relabelled 0..k-1 in the order given (default: all)")
     # Data.
     data: str = _f("", "dataset: CIFAR python-batch folder or .tar.gz, image folder with train/ and test/, or synthetic[:k=v,...]")
     augment: str = _f("auto", "train augmentation: cifar (crop pad 4 + flip), imagenet (random-resized crop + flip), none, or auto (cifar for in-memory data, imagenet for streamed folders)", one_of("auto", "cifar", "imagenet", "none"))
@@ -98,12 +102,16 @@ class TrainConfig:
     lr: float = _f(0.1, "peak learning rate", at_least(0))
     momentum: float = _f(0.9, "SGD momentum (not used by adamw)", Allowed(">= 0 and < 1", lambda v: _finite(v) and 0 <= v < 1))
     weight_decay: float = _f(1e-4, "weight decay on every trainable tensor", at_least(0))
+    norm_weight_decay: Optional[float] = _f(None, "weight decay on normalization γ/β instead (default: weight_decay, as the paper)", at_least(0))
+    norm_lr_scale: float = _f(1.0, "learning-rate multiplier for normalization γ/β", above(0))
     milestones: tuple = _f((80, 120), "epochs (of schedule_epochs) where lr is multiplied by lr_gamma; each <= schedule_epochs", ASCENDING)
     lr_gamma: float = _f(0.1, "lr factor at each milestone", above(0, 1))
     warmup_epochs: float = _f(0.0, "linear warmup length (of schedule_epochs); at most schedule_epochs", at_least(0))
     schedule_epochs: float = _f(160.0, "the recipe length the milestones and warmup refer to", above(0, 100_000))
+    bn_stats: str = _f("batch", "BatchNorm statistics in training: batch (normalize with each batch's, the usual), or frozen (normalize with the running statistics, fixed at their initial values: the affine stays, the normalization goes)", one_of("batch", "frozen"))
     # Evaluation.
     eval_every: float = _f(1.0, "evaluate on the test set every this many epochs, and at the end; 0: only at the end", at_least(0))
+    recalibrate_bn: int = _f(0, "before each evaluation, recompute BatchNorm running statistics over this many training batches (PreciseBN); 0: the running averages", at_least(0, 10_000))
     # How and where to run: not part of the run's identity (bnonly.compute records and keeps them).
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", DEVICE)
     channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device; a resumed run keeps its own)")
@@ -136,6 +144,8 @@ class TrainConfig:
         """Content hash of the fields that define the experiment."""
         identity = {k: v for k, v in self.to_dict().items()
                     if k not in IDENTITY_EXCLUDED and v != _jsonable(FIELD_DEFAULTS[k])}
+        if self.init_from:  # the source run, not where it lies, is what this run starts from
+            identity["init_from"] = source_run_id(self.init_from)
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -170,6 +180,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
+
+
+def source_run_id(run_dir: str) -> str:
+    """The run id of the run folder ``run_dir`` (from its summary.json, else its config.json)."""
+    folder = Path(run_dir).expanduser()
+    for name in ("summary.json", "config.json"):
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if name == "summary.json" and data.get("run_id"):
+            return data["run_id"]
+        if name == "config.json":
+            return from_dict(data).run_id
+    raise ConfigError(f"init_from={run_dir!r} is not a run folder (no readable summary.json or config.json there)")
 
 
 def _field_kinds() -> dict[str, tuple[type, bool]]:

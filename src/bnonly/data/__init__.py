@@ -19,7 +19,7 @@ from .batches import (
     make_batches,
 )
 from .errors import DataError
-from .source import DATA_FORMATS, DatasetSource, OpenOptions, array_source, local_path, open_dataset
+from .source import DATA_FORMATS, DatasetSource, OpenOptions, array_source, detect_format, local_path, open_dataset
 from .stream import FolderSplit
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "ShardPlan",
     "StreamBatches",
     "array_source",
+    "detect_format",
     "local_path",
     "make_batches",
     "open_dataset",

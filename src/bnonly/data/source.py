@@ -116,7 +116,13 @@ def open_dataset(
     Raises DataError, saying what was expected and how to fix it, when nothing usable is there.
     """
     options = OpenOptions(local_path(cache_dir) if cache_dir is not None else None, crop_size, resize_size, stream)
+    return DATA_FORMATS.get(detect_format(path))(path, options)
+
+
+def detect_format(path: str) -> str:
+    """The name of the first registered format that detects ``path`` (cheap: nothing is read but
+    folder listings); raises the DataError ``open_dataset`` would when none does."""
     for entry in DATA_FORMATS.entries():
         if entry.extra["detect"](path):
-            return entry.obj(path, options)
+            return entry.name
     raise _nothing_found(path)

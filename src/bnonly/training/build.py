@@ -8,16 +8,18 @@ against it, and builds everything a run is made of. Neither writes anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import compute, distributed, speed
 from ..config import TrainConfig
-from ..data import DataError, make_batches, open_dataset
+from ..data import detect_format, make_batches, open_dataset
 from ..errors import ConfigError
 from ..models import create_model
+from ..layers import BATCHNORM_TYPES, layers_of, output_layer
+from ..rundir import RunDir, read_json
 from ..trainable import configure, parse_spec
 from .callbacks import LOGGERS
 from .objectives import OBJECTIVES
@@ -28,19 +30,20 @@ NO_DATA = "no dataset given: pass --data PATH (a CIFAR folder/archive, an image 
 
 def preflight(cfg: TrainConfig, *, check_device: bool = True) -> None:
     """The model name, the what-trains spec, the optimizer and loss names, the device, and that
-    the data path exists. ``check_device=False`` where the device is elsewhere (a Slurm node)."""
+    a registered data format recognizes the data path. ``check_device=False`` where the device is elsewhere (a Slurm node)."""
     if check_device:
         compute.resolve_device(cfg.device)
     create_model(cfg.model, cfg.num_classes, gamma_init=cfg.gamma_init, seed=None, device="meta")
     parse_spec(cfg.train)
+    if cfg.init_from:
+        source_run(cfg.init_from)
     OPTIMIZERS.entry(cfg.optimizer)
     OBJECTIVES.entry(cfg.loss)
     for name in filter(None, (n.strip() for n in cfg.log.split(","))):
         LOGGERS.entry(name)
     if not cfg.data:
         raise ConfigError(NO_DATA)
-    if not (cfg.data == "synthetic" or cfg.data.startswith("synthetic:")) and not Path(cfg.data).expanduser().exists():
-        raise DataError(f"data path '{cfg.data}' does not exist (resolved to {Path(cfg.data).expanduser().resolve()})")
+    detect_format(cfg.data)
 
 
 @dataclass
@@ -78,6 +81,8 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
     num_classes = _check_against_data(cfg, dataset)
     model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
+    if cfg.init_from:
+        start_from(model, cfg.init_from)
     _check_image_fits(model, cfg.model, dataset.train)
     settings, note = compute.resolve(
         dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, capture=cfg.capture,
@@ -87,6 +92,8 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     if settings.threads:
         torch.set_num_threads(settings.threads)
     selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
+    if cfg.bn_stats == "frozen":
+        freeze_bn_statistics(model)
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -100,6 +107,66 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     test_batch += -test_batch % me.world_size  # a global batch every rank takes an equal slice of
     test_batches = make_batches(dataset.test, batch_size=test_batch, train=False, augment="none", **common)
     return Built(model, selection, train_batches, test_batches, num_classes, device, settings, note)
+
+
+def source_run(path: str) -> RunDir:
+    """The finished run ``init_from`` names; refused unless it finished and kept its weights."""
+    run = RunDir(path)
+    if not run.config.exists():
+        raise ConfigError(f"init_from={path!r} is not a run folder (no config.json there)")
+    if not run.is_done():
+        raise ConfigError(f"init_from={path!r} has not finished (no summary.json with status 'done'): "
+                          f"finish it first, or start from another run")
+    if not run.final_weights.exists():
+        raise ConfigError(f"init_from={path!r} finished but has no final.pt to start from")
+    return run
+
+
+def start_from(model: nn.Module, path: str) -> None:
+    """Load the source run's final weights into ``model`` (built and initialized from this run's
+    seed). The output layer keeps its fresh initialization when its shape differs (another class
+    count); any other difference in architecture is an error."""
+    run = source_run(path)
+    source = read_json(run.config) or {}
+    state = torch.load(run.final_weights, map_location="cpu")
+    own = model.state_dict()
+    out_name, _ = output_layer(model)
+    fresh = {k for k in own if k.startswith(out_name + ".") and k in state and state[k].shape != own[k].shape}
+    wrong = sorted(k for k in own if k not in fresh and (k not in state or state[k].shape != own[k].shape))
+    if wrong or set(state) - set(own):
+        raise ConfigError(f"init_from={path!r} trained {source.get('model')!r}, whose weights do not fit this model "
+                          f"(first mismatch: {(wrong or sorted(set(state) - set(own)))[0]}); use the same model name")
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+
+
+def freeze_bn_statistics(model: nn.Module) -> int:
+    """``bn_stats="frozen"``: every BatchNorm normalizes with its running statistics, fixed at their
+    initial values (mean 0, variance 1), in training as in evaluation, and never updates them. What
+    remains is the affine y = γ·x/sqrt(1+ε) + β: the normalization is gone, γ and β stay. The
+    module's class is swapped for a subclass, so parameters, buffers and state-dict keys stay."""
+    changed = 0
+    for _, module in layers_of(model, BATCHNORM_TYPES):
+        if not isinstance(module, FrozenStatistics):
+            module.__class__ = _frozen_class(type(module))
+            changed += 1
+    return changed
+
+
+class FrozenStatistics:
+    """Mixin: BatchNorm's evaluation-mode arithmetic in every mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+_FROZEN: dict[type, type] = {}
+
+
+def _frozen_class(cls: type) -> type:
+    if cls not in _FROZEN:
+        _FROZEN[cls] = type(f"FrozenStats{cls.__name__}", (FrozenStatistics, cls), {})
+    return _FROZEN[cls]
 
 
 def _check_against_data(cfg: TrainConfig, dataset) -> int:

@@ -38,7 +38,8 @@ import torch
 from .. import distributed
 from ..errors import ConfigError, TrainingFailed
 from ..registry import Registry
-from .evaluate import evaluate
+from ..layers import RUNNING_STATS_TYPES, layers_of
+from .evaluate import autocast, evaluate
 from .schedule import lr_at
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -181,6 +182,49 @@ class Metrics(Callback):
             self.loss, self.correct, self.n = state["loss"], state["correct"], state["n"]
             loop.run.write_metrics([m for m in loop.run.read_metrics() if m["step"] <= loop.step])
         self.last_eval_step = None
+
+
+class RecalibrateBN(Callback):
+    """PreciseBN: before each evaluation, BatchNorm running statistics are recomputed as the plain
+    average over ``batches`` training batches (training mode, no gradients), instead of the
+    exponential running averages that training left.
+
+    The batches are the first ``batches`` of a calibration epoch drawn from the run's seed and the
+    current step (epoch number ``CALIBRATION_EPOCH + step``), so a resumed run recalibrates on the
+    same images. Training itself is unaffected: it normalizes with batch statistics, and the
+    running statistics only continue from the recalibrated values.
+    """
+
+    CALIBRATION_EPOCH = 10**9
+
+    def __init__(self, batches: int):
+        self.batches = batches
+
+    def on_step_end(self, loop, out) -> None:
+        if loop.step in loop.eval_steps:
+            self.recalibrate(loop)
+
+    def on_fit_end(self, loop) -> None:
+        if loop.finished_early and loop.step not in loop.eval_steps:
+            self.recalibrate(loop)
+
+    @torch.no_grad()
+    def recalibrate(self, loop) -> None:
+        bns = [m for _, m in layers_of(loop.model, RUNNING_STATS_TYPES) if m.track_running_stats]
+        if not bns:
+            return
+        with loop.untimed():
+            saved = [(m.momentum, m.training) for m in bns]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # None: a cumulative (plain) average over the batches seen
+            batches = loop.built.train_batches.batches(self.CALIBRATION_EPOCH + loop.step)
+            with autocast(loop.device, loop.built.bf16), torch.compiler.set_stance("force_eager"):
+                for _, (x, _) in zip(range(self.batches), batches):
+                    loop.model(x)
+            for m, (momentum, training) in zip(bns, saved):
+                m.momentum = momentum
+                m.train(training)
 
 
 class StopOnSignal(Callback):

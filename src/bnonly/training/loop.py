@@ -21,19 +21,22 @@ from ..errors import ConfigError, Interrupted, OutputError
 from ..rundir import RunDir
 from ..trainable import trainable_parameters
 from .build import Built
-from .callbacks import LOGGERS, Callback, Checkpoint, FiniteCheck, Metrics, Progress, StopOnSignal
+from .callbacks import LOGGERS, Callback, Checkpoint, FiniteCheck, Metrics, Progress, RecalibrateBN, StopOnSignal
 from .graph_step import DeviceStep
 from .objectives import OBJECTIVES
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, param_groups
 from .schedule import lr_at
 from .step import TrainStep
 
 
 def default_callbacks(cfg: TrainConfig, extra: list[Callback] = ()) -> list[Callback]:
     """The built-in callbacks in the order they run, with ``extra`` ones and ``--log`` backends
-    after Metrics (so they see each new metrics row) and before the stop and checkpoint ones."""
+    after Metrics (so they see each new metrics row) and before the stop and checkpoint ones.
+    ``--recalibrate-bn N`` puts RecalibrateBN just before Metrics, which evaluates."""
     loggers = [LOGGERS.get(name.strip())() for name in cfg.log.split(",") if name.strip()]
-    return [FiniteCheck(), Progress(cfg.progress), Metrics(), *extra, *loggers, StopOnSignal(), Checkpoint()]
+    recalibrate = [RecalibrateBN(cfg.recalibrate_bn)] if cfg.recalibrate_bn else []
+    return [FiniteCheck(), Progress(cfg.progress), *recalibrate, Metrics(), *extra, *loggers, StopOnSignal(),
+            Checkpoint()]
 
 
 class Trainer:
@@ -50,7 +53,7 @@ class Trainer:
         self.params = trainable_parameters(self.model)
         # What the steps call: DDP (gradient all-reduce) when distributed and anything trains.
         net = distributed.wrap(self.model, self.device) if self.world.distributed and self.params else self.model
-        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(self.params, cfg) if self.params else None
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(param_groups(self.model, cfg), cfg) if self.params else None
         self.steps_per_epoch = built.train_batches.num_batches()
         step_kind = DeviceStep if built.compute.capture else TrainStep
         self.train_step = step_kind(net, self.optimizer, OBJECTIVES.get(cfg.loss), built.train_batches,

@@ -49,6 +49,13 @@ def train(cfg: TrainConfig, log=print, *, default_threads: int | None = None,
             distributed.leave()
 
 
+def bn_statistics(cfg: TrainConfig) -> dict:
+    """Which BatchNorm statistics the run normalized with, in training and in its evaluations."""
+    return dict(train="running statistics frozen at their initial values" if cfg.bn_stats == "frozen" else "batch",
+                eval=f"recalibrated over {cfg.recalibrate_bn} training batches" if cfg.recalibrate_bn
+                else "running averages")
+
+
 def _quiet(*_):
     pass
 
@@ -81,6 +88,7 @@ def _train_locked(cfg: TrainConfig, built: Built, run: RunDir, log, extra: list[
         atomic_torch_save(run.init_weights, plain_state_dict(built.model))
     base = dict(run_id=cfg.run_id, run_dir=str(run.path), model=cfg.model, train=cfg.train, seed=cfg.seed,
                 epochs=cfg.epochs, data=cfg.data, device=str(built.device), compute=built.compute.to_dict(),
+                bn_statistics=bn_statistics(cfg),
                 world_size=trainer.world.world_size, **count_summary(built.model))
     try:
         last = trainer.fit()
