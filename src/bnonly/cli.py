@@ -13,7 +13,7 @@ from dataclasses import fields
 from . import config as cfgmod
 from . import distributed
 from .errors import BnonlyError, Interrupted, TrainingFailed
-from .models import create_model
+from .models import create_model, model_families
 from .trainable import configure, layer_breakdown
 from .training import count_summary, train
 
@@ -92,8 +92,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import model_families
-
     for family in model_families():
         print(f"{family.name}: {family.help}")
         for pattern in family.patterns:
