@@ -83,11 +83,11 @@ def derive(src, dst, root, overrides, tiny):
     Path(dst).write_text(header + yaml.safe_dump(body, sort_keys=False))
 
 
-def unanalyzed(spec, root, bad_file):
+def unanalyzed(spec, root, bad_file, mark):
     bad = set(Path(bad_file).read_text().split()) if Path(bad_file).exists() else set()
     for _, path in runs(spec, root):
         done = (read(path / "summary.json") or {}).get("status") == "done"
-        if done and not (path / "analysis.json").exists() and str(path) not in bad:
+        if done and not (path / mark).exists() and str(path) not in bad:
             print(path)
 
 
@@ -103,7 +103,7 @@ def state(cfg, path):
     return f"interrupted after epoch {lines[-1]['epoch']:g} of {cfg.epochs:g}" if lines else "started, no epoch done"
 
 
-def collect(spec, root, out):
+def collect(spec, root, out, mark):
     target = Path(out) / "runs"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -113,12 +113,14 @@ def collect(spec, root, out):
         s = state(cfg, path)
         kind = s.split(":")[0].split(" after")[0]
         counts[kind] = counts.get(kind, 0) + 1
+        complete = (path / mark).exists()  # analysis.json and its figures all written
         if path.exists():
             (target / path.name).mkdir(parents=True)
-            for f in [path / n for n in SMALL_FILES] + sorted(path.glob("analysis_*.png")):
+            files = [path / n for n in SMALL_FILES if n != "analysis.json" or complete]
+            for f in files + (sorted(path.glob("analysis_*.png")) if complete else []):
                 if f.is_file():
                     shutil.copy2(f, target / path.name / f.name)
-        summary, analysis = read(path / "summary.json") or {}, read(path / "analysis.json") or {}
+        summary, analysis = read(path / "summary.json") or {}, (read(path / "analysis.json") if complete else {}) or {}
         acc = lambda k: f"{100 * summary[k]:.2f}%" if summary.get(k) is not None and s == "done" else ""
         dead = f"{100 * analysis['fraction_dead']:.1f}%" if "fraction_dead" in analysis else ""
         rate = f"{summary['images_per_second']:,.0f}" if summary.get("images_per_second") else ""
@@ -143,7 +145,7 @@ helper() { "$PY" -c "$HELPER" "$@"; }
 
 if (( TINY )); then
   BUDGET=${BUDGET:-80}; RESERVE=${RESERVE:-40}; COMPILE=0; JOBS=${RUNS_PER_GPU:-2}; POLL=5
-  DATA="synthetic:train=256,test=128,classes=10,size=32"
+  DATA="synthetic:train=256,test=64,classes=10,size=32"
   OVERRIDES='{"data": "'$DATA'", "device": "cpu", "compile": false, "epochs": 1, "schedule_epochs": 1,
               "milestones": [], "batch_size": 64, "threads": 1}'
   ANALYZE=(--device cpu --threads 1 --draws 2)  # 2 random draws: 7 passes over the test set, not 13
@@ -187,26 +189,40 @@ fi
 
 SPEC=$OUT/sweep.yaml
 helper derive "$SPEC_SRC" "$SPEC" "$RUNS" "$OVERRIDES" "$TINY" || { say "could not write $SPEC"; exit 2; }
-BAD=$RUNS/.analysis_failed
+BAD=$RUNS/.analysis_failed  # runs whose analysis failed (not for lack of time): not tried again
 STOP=$RUNS/.analysis_stop
+MARK=.campaign_analysed
 rm -f "$STOP"
 train_until=$(( start + BUDGET - RESERVE ))
 end_at=$(( start + BUDGET - 10 ))   # the last seconds are for status and the copy
 
-# Analyse finished runs lacking analysis.json, in priority order, until the deadline $1 (a SECONDS
-# value): all in one process; if that fails, one at a time, so one bad run does not hold up the rest.
+# Analyse finished runs, in priority order, until the deadline $1 (a SECONDS value). bnonly analyze
+# prints "  -> RUN/analysis.json" once a run's analysis.json and figures are written; only then does
+# the run get the $MARK file, so an analysis cut short by the deadline is redone, never copied.
+analyze_runs() {  # $1: deadline; the rest: run folders
+  local deadline=$1 log rc
+  shift
+  (( deadline - SECONDS > 5 )) || return 124
+  log=$(mktemp)
+  timeout -k 5 $(( deadline - SECONDS )) "$PY" -m bnonly analyze "$@" "${ANALYZE[@]}" >"$log" 2>&1
+  rc=$?
+  cat "$log" >>"$OUT/analyze.log"
+  sed -n 's|^  -> \(.*\)/analysis\.json$|\1|p' "$log" | while read -r run; do touch "$run/$MARK"; done
+  rm -f "$log"
+  return "$rc"
+}
+# All pending runs in one process; if that fails, one at a time, so one bad run does not hold up the rest.
 analyze_pending() {
   local deadline=$1 todo run
-  mapfile -t todo < <(helper unanalyzed "$SPEC" "$RUNS" "$BAD")
+  mapfile -t todo < <(helper unanalyzed "$SPEC" "$RUNS" "$BAD" "$MARK")
   (( ${#todo[@]} )) || return 0
-  (( deadline - SECONDS > 5 )) || return 0
-  timeout -k 5 $(( deadline - SECONDS )) "$PY" -m bnonly analyze "${todo[@]}" "${ANALYZE[@]}" \
-    >>"$OUT/analyze.log" 2>&1 && return 0
+  for run in "${todo[@]}"; do rm -f "$run/analysis.json"; done  # left by a cut analysis: redo it, figures too
+  analyze_runs "$deadline" "${todo[@]}" && return 0
   for run in "${todo[@]}"; do
+    [[ -e $run/$MARK ]] && continue
     (( deadline - SECONDS > 5 )) || return 0
-    [[ -f $run/analysis.json ]] && continue
-    timeout -k 5 $(( deadline - SECONDS )) "$PY" -m bnonly analyze "$run" "${ANALYZE[@]}" >>"$OUT/analyze.log" 2>&1 \
-      || { (( deadline - SECONDS > 5 )) && echo "$run" >>"$BAD"; }
+    rm -f "$run/analysis.json"
+    analyze_runs "$deadline" "$run" || { (( deadline - SECONDS > 5 )) && echo "$run" >>"$BAD"; }
   done
 }
 ( while [[ ! -e $STOP ]] && (( SECONDS < end_at )); do
@@ -249,7 +265,7 @@ analyze_pending "$end_at"
 [[ -n "${SMI_PID:-}" ]] && kill "$SMI_PID" 2>/dev/null
 "$PY" -m bnonly sweep "$SPEC" --out "$RUNS" --status >"$OUT/sweep_status.txt" 2>&1
 tee -a "$LOG" <"$OUT/sweep_status.txt"
-counts=$(helper collect "$SPEC" "$RUNS" "$OUT")
+counts=$(helper collect "$SPEC" "$RUNS" "$OUT" "$MARK")
 if (( PACK )); then
   [[ -f $OUT/analyze.log ]] && mv "$OUT/analyze.log" "$OUT/runs/"
   tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs
