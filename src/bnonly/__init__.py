@@ -14,6 +14,7 @@ from .data import DataError, make_batches, open_dataset
 from .models import create_model, initialize, list_models
 from .trainable import SpecError, configure, plain_state_dict, select, trainable_parameters
 from .training import build, evaluate, train
+from .compact import load_compact
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from .training import count_summary, train
 
 
 # Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
-EXTRA_SUBCOMMANDS: list[str] = ["bnonly.analysis", "bnonly.report", "bnonly.sweep_command", "bnonly.bench"]
+EXTRA_SUBCOMMANDS = ["bnonly.analysis", "bnonly.report", "bnonly.sweep_command", "bnonly.bench", "bnonly.compact"]
 
 
 class UserError(BnonlyError):

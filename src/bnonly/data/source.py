@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..registry import Registry
 from .arrays import ArrayDataset
+from .classes import parse_classes, subset_split
 from .errors import EXPECTED, HOW_TO_FIX, DataError
 from .folder import TEST_SPLIT_NAMES, scan_folder
 from .stream import FolderSplit
@@ -104,6 +105,7 @@ def open_dataset(
     crop_size: int = 224,
     resize_size: int | None = None,
     stream: bool | None = None,
+    classes: str = "",
 ) -> DatasetSource:
     """Open the dataset at ``path`` with the first registered format that detects it.
 
@@ -113,10 +115,23 @@ def open_dataset(
     images are decoded once and cached under ``cache_dir`` (default ``$BNONLY_CACHE`` or
     ``~/.cache/bnonly``); others stream from disk with crops of ``crop_size`` (test images are
     first resized to ``resize_size``, default crop_size * 256/224). ``stream`` forces one way.
+    ``classes`` keeps only those classes, relabelled in its order (:func:`select_classes`).
     Raises DataError, saying what was expected and how to fix it, when nothing usable is there.
     """
     options = OpenOptions(local_path(cache_dir) if cache_dir is not None else None, crop_size, resize_size, stream)
-    return DATA_FORMATS.get(detect_format(path))(path, options)
+    return select_classes(DATA_FORMATS.get(detect_format(path))(path, options), classes)
+
+
+def select_classes(source: DatasetSource, spec: str) -> DatasetSource:
+    """``source`` with only the classes ``spec`` names, comma-separated names or indices (see
+    :func:`~bnonly.data.classes.parse_classes`), relabelled 0..k-1 in its order, in both splits;
+    ``source.classes`` lists them in that order. ``""`` keeps every class: ``source`` itself."""
+    if not spec.strip():
+        return source
+    chosen = parse_classes(spec, source.classes)
+    names = [source.classes[i] for i in chosen]
+    return replace(source, train=subset_split(source.train, chosen, names, "train", spec),
+                               test=subset_split(source.test, chosen, names, "test", spec), classes=names)
 
 
 def detect_format(path: str) -> str:
