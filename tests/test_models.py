@@ -1,5 +1,6 @@
 """Model registry, architectures and initialization: counts from paper/PAPER.md, real init values."""
 
+import hashlib
 import math
 
 import pytest
@@ -9,7 +10,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnonly.cli import main
 from bnonly.layers import output_layer
-from bnonly.models import MODEL_FAMILIES, GAMMA_INITS, create_model, family_of, initialize, list_models, model_families
+from bnonly.models import (MODEL_FAMILIES, GAMMA_INITS, WEIGHT_INITS, create_model, family_of, initialize, list_models,
+                           model_families)
 from bnonly.trainable import configure, count_trainable
 
 
@@ -162,6 +164,118 @@ def test_conv_and_linear_weights_are_kaiming_normal():
     fc = model.fc  # Kaiming on the output layer too, bias U(±1/sqrt(256))
     assert fc.weight.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.1)
     assert fc.bias.abs().max().item() <= 1 / 16 and (fc.bias != 0).any()
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name,seed,digest", [("cifar_resnet_14", 0, "17c82db1de43ff1e"),
+                                              ("cifar_vgg_11", 3, "3dc079dccf8d5eae"),
+                                              ("imagenet_resnet_18_16", 1, "d0f64729993bc744")])
+def test_default_init_is_bit_identical_to_before_weight_distributions(name, seed, digest):
+    """Digests of every key and value, taken with the code before WEIGHT_INITS existed."""
+    assert _digest(create_model(name, seed=seed)) == digest
+    assert _digest(create_model(name, seed=seed, weight_init="kaiming_normal")) == digest
+
+
+def _weights(name: str, weight_init: str, seed: int = 0) -> list[torch.Tensor]:
+    model = create_model(name, seed=seed, weight_init=weight_init)
+    return [m.weight.detach().reshape(m.weight.shape[0], -1) for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_kaiming_uniform_has_kaimings_variance_within_its_bound():
+    for w in _weights("cifar_resnet_14_64", "kaiming_uniform")[-3:]:
+        bound = math.sqrt(6 / w.shape[1])
+        assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+        assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[1]), rel=0.02)
+
+
+def test_orthogonal_rows_are_orthonormal_up_to_the_relu_gain():
+    weights = _weights("cifar_resnet_14", "orthogonal")
+    assert len(weights) == 16
+    for w in weights:
+        small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w  # columns when the layer widens (the output layer not)
+        torch.testing.assert_close(small, 2 * torch.eye(min(w.shape)), atol=1e-5, rtol=0)
+    assert weights[-1].shape == (10, 64)
+
+
+def test_signed_constant_is_plus_or_minus_kaimings_std():
+    weights = _weights("cifar_resnet_14", "signed_constant")
+    for w in weights:
+        sigma = torch.tensor(math.sqrt(2.0) / math.sqrt(w.shape[1]))  # the float32 of Kaiming normal's std
+        assert set(w.unique().tolist()) == {-sigma.item(), sigma.item()}
+    positive = torch.cat([w.flatten() for w in weights]) > 0  # 173,488 fair signs: 0.5 ± 0.0012
+    assert abs(positive.float().mean().item() - 0.5) < 0.005
+
+
+def test_biases_keep_pytorchs_default_under_every_relu_distribution():
+    for weight_init in ("kaiming_normal", "kaiming_uniform", "orthogonal", "signed_constant"):
+        conv = create_model("cifar_vgg_11", seed=0, weight_init=weight_init).layers[0].conv
+        assert conv.bias.abs().max() <= 1 / math.sqrt(27) and conv.bias.std() > 0.05
+
+
+@pytest.mark.parametrize("weight_init", ["kaiming_uniform", "orthogonal", "signed_constant", "timm_vit"])
+def test_every_distribution_follows_its_seed_alone(weight_init):
+    torch.manual_seed(1)
+    a = create_model("cifar_resnet_8", seed=4, weight_init=weight_init)
+    torch.manual_seed(2)
+    b = create_model("cifar_resnet_8", seed=4, weight_init=weight_init)
+    _assert_state_equal(a, b)
+    assert not torch.equal(a.conv.weight, create_model("cifar_resnet_8", seed=5, weight_init=weight_init).conv.weight)
+    assert not torch.equal(a.conv.weight, create_model("cifar_resnet_8", seed=4).conv.weight)
+    assert torch.equal(a.bn.weight, create_model("cifar_resnet_8", seed=4, weight_init=weight_init).bn.weight)
+
+
+def test_timm_vit_distribution_on_linear_and_conv_layers():
+    net = initialize(nn.Sequential(nn.Conv2d(3, 64, 4, stride=4), nn.Flatten(), nn.Linear(64, 4096)), seed=0,
+                     weight_init="timm_vit")
+    assert net[2].weight.std().item() == pytest.approx(0.02, rel=0.01) and torch.equal(net[2].bias, torch.zeros(4096))
+    assert net[0].weight.abs().max() <= 1 / math.sqrt(48) and (net[0].bias != 0).all()
+
+
+def test_weight_distributions_registered_and_bad_names_listed():
+    assert list(WEIGHT_INITS) == ["kaiming_normal", "kaiming_uniform", "orthogonal", "signed_constant", "timm_vit"]
+    message = "'kaiming_normal', 'kaiming_uniform', 'orthogonal', 'signed_constant', 'timm_vit'"
+    with pytest.raises(ValueError, match=message):
+        create_model("cifar_resnet_8", weight_init="xavier")
+    with pytest.raises(ValueError, match=message):
+        initialize(nn.Linear(2, 2), weight_init="normal")
+
+
+def test_a_registered_distribution_and_a_familys_default():
+    @WEIGHT_INITS.register("constant_half", help="every weight 0.5, biases 0")
+    def _half(layer, fan_in, generator):
+        layer.weight.fill_(0.5)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+    @MODEL_FAMILIES.register("test_lin", regex="test_lin", patterns="test_lin", num_classes=3, input_shape=(4,),
+                             help="a linear layer", examples=["test_lin"], weight_init="orthogonal")
+    def _lin(num_classes):
+        return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, num_classes))
+
+    try:
+        assert family_of("test_lin").weight_init == "orthogonal" and family_of("cifar_resnet_8").weight_init == \
+            "kaiming_normal"
+        w = create_model("test_lin")[0].weight
+        torch.testing.assert_close(w @ w.T, 2 * torch.eye(4), atol=1e-5, rtol=0)
+        assert torch.equal(create_model("test_lin", weight_init="constant_half")[0].weight, torch.full((4, 4), 0.5))
+    finally:
+        WEIGHT_INITS.unregister("constant_half")
+        MODEL_FAMILIES.unregister("test_lin")
+    MODEL_FAMILIES.register("test_bad_init", lambda num_classes: nn.Linear(2, 2), regex="x", patterns="x",
+                            num_classes=2, input_shape=(2,), weight_init="xavier")
+    try:
+        with pytest.raises(TypeError, match="weight_init='xavier', which is not one of kaiming_normal"):
+            create_model("cifar_resnet_8")
+    finally:
+        MODEL_FAMILIES.unregister("test_bad_init")
 
 
 def test_bad_gamma_init_lists_choices():
@@ -338,7 +452,7 @@ EXAMPLES = [(family.name, name) for family in model_families() for name in famil
 
 
 def test_every_family_has_examples_and_help():
-    assert {"cifar_resnet", "cifar_vgg", "imagenet_resnet"} <= {f.name for f in model_families()}
+    assert {"cifar_resnet", "cifar_vgg", "imagenet_resnet", "vit", "mlp"} <= {f.name for f in model_families()}
     assert all(f.examples and f.help and f.patterns for f in model_families())
 
 
@@ -366,4 +480,5 @@ def test_models_command_prints_every_family(capsys):
     for family in model_families():
         for text in (family.name, family.help, *family.patterns, *family.examples):
             assert text in out
-    assert out.index("cifar_resnet") < out.index("cifar_vgg") < out.index("imagenet_resnet")
+    assert out.index("cifar_resnet") < out.index("cifar_vgg") < out.index("imagenet_resnet") < out.index("vit:") \
+        < out.index("mlp:")

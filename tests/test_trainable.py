@@ -50,6 +50,7 @@ N_ALL = sum(p.numel() for p in Tricky().parameters())
     ("norm", N_BN + 32), ("all", N_ALL), ("none", 0), ("all+bn", N_ALL), ("output+output", N_OUT),
     ("random-per-channel:2", 2 * (8 + 16 + 5)), ("random:matched", N_BN), ("random:100", 100),
     ("bn+random:matched", 2 * N_BN), (" bn + output ", N_BN + N_OUT),
+    ("bias", 16 + 5), ("norm+bias", N_BN + 32 + 16 + 5), ("output+bias", N_OUT + 16),
 ])
 def test_trainable_counts(spec, expected):
     assert counts(spec) == expected
@@ -59,7 +60,48 @@ def test_bn_param_count_by_type():
     assert bn_param_count(Tricky()) == N_BN
 
 
-@pytest.mark.parametrize("spec", ["bnn", "random", "random:", "random:-3", "random-per-channel:x", "bn++output", "", "ALL"])
+def test_bias_trains_every_conv_and_linear_bias_and_nothing_else():
+    """BitFit: the conv's and the output layer's biases; a conv built without one and the norm β are not biases."""
+    assert set(select(Tricky(), "bias").masks) == {"conv.bias", "bn.bias"}
+    assert set(select(Tricky(), "norm+bias").masks) == {"linear.weight", "linear.bias", "bn_out.weight",
+                                                        "bn_out.bias", "gn.weight", "gn.bias", "conv.bias", "bn.bias"}
+    with pytest.raises(SpecError, match="'bias' selects nothing: the model has no conv or linear layer with a bias"):
+        select(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)), "bias")
+
+
+def _layernorm_net() -> nn.Module:
+    """No BatchNorm at all: a LayerNorm (γ, β), an RMSNorm (γ only) and a bias-free LayerNorm (γ only)."""
+    return nn.Sequential(nn.Linear(10, 20), nn.LayerNorm(20), nn.Linear(20, 20), nn.RMSNorm(20),
+                         nn.Linear(20, 30), nn.LayerNorm(30, bias=False), nn.Linear(30, 3))
+
+
+def test_random_matched_matches_the_normalizer_the_model_has():
+    """BatchNorm γ+β where the model has BatchNorm (Tricky's GroupNorm does not count: the pinned count);
+    otherwise every normalization γ and β, as many as 'norm' trains."""
+    assert counts("random:matched") == N_BN and layers.norm_param_count(Tricky()) == N_BN + 32
+    model = _layernorm_net()
+    assert layers.norm_param_count(model) == 2 * 20 + 20 + 30 == select(model, "norm").num_trainable(model)
+    selection = select(model, "random:matched", seed=0)
+    assert selection.num_trainable(model) == 90
+    assert set(selection.masks) <= {"0.weight", "2.weight", "4.weight", "6.weight"}
+    for plain in (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
+                  nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4, elementwise_affine=False), nn.Linear(4, 2))):
+        with pytest.raises(SpecError, match="'random:matched' selects nothing \\(the model has no normalization "
+                                            "layer with γ/β"):
+            select(plain, "random:matched")
+    assert counts("random:matched+bias") == N_BN + 21
+
+
+def test_random_per_channel_on_linear_layers_is_per_output_row():
+    model = _layernorm_net()
+    masks = select(model, "random-per-channel:3", seed=1).masks
+    assert set(masks) == {"0.weight", "2.weight", "4.weight", "6.weight"}
+    for name, mask in masks.items():
+        assert mask.shape == dict(model.named_parameters())[name].shape and (mask.sum(1) == 3).all()
+
+
+@pytest.mark.parametrize("spec", ["bnn", "random", "random:", "random:-3", "random-per-channel:x", "bn++output", "",
+                                  "ALL"])
 def test_bad_spec_names_the_term(spec):
     with pytest.raises(SpecError, match="valid:"):
         select(Tricky(), spec)
@@ -235,9 +277,9 @@ def test_readme_term_table_is_the_generated_one():
 
 
 def test_spec_help_lists_every_term_in_registry_order():
-    assert SPEC_HELP == spec_help() == ("terms joined by '+': all, none, bn, gamma, beta, norm, output, "
+    assert SPEC_HELP == spec_help() == ("terms joined by '+': all, none, bn, gamma, beta, norm, output, bias, "
                                         "random-per-channel:K, random:matched|N (e.g. 'bn+output')")
-    assert term_table_markdown().count("\n| `") == len(TERMS) == 9
+    assert term_table_markdown().count("\n| `") == len(TERMS) == 10
 
 
 @pytest.mark.parametrize("spec,reason", [

@@ -5,6 +5,12 @@ Initialization (``models/init.py``), what trains (``trainable``) and the paramet
 here, so they agree by construction: the ``norm`` term trains exactly the layers whose γ and β
 the initializer draws, and the random baselines draw from exactly the weights it Kaiming-inits.
 Every reference to a private torch base class lives in this module.
+
+A module's own parameters that belong to no layer kind here (a ViT's class token and position
+embedding, the no-norm ResNet's branch scale) are *bare parameters*: they are neither
+normalization affine nor conv/linear weights or biases, so only the ``all`` term trains them, the
+random baselines never draw from them (they draw from ``WEIGHT_TYPES`` only), and the initializer
+leaves them to the module that owns them (``init_own_parameters``, see ``models/init.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm
 BATCHNORM_TYPES: tuple[type[nn.Module], ...] = (_BatchNorm,)
 #: Normalization layers that may keep running statistics (BatchNorm, InstanceNorm).
 RUNNING_STATS_TYPES: tuple[type[nn.Module], ...] = (_NormBase,)
-#: Conv and linear layers: Kaiming-initialized, and what the random baselines draw weights from.
+#: Conv and linear layers (attention's q/k/v and output projections are nn.Linear): what the weight
+#: distributions of ``models/init.py`` fill, what the random baselines draw weights from, and whose
+#: biases the ``bias`` term trains.
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 #: The attribute names of γ and β on every normalization layer.
@@ -60,6 +68,20 @@ def affine_params(model: nn.Module, types: tuple[type[nn.Module], ...] = NORM_TY
 def norm_affine_params(model: nn.Module) -> list[str]:
     """Names of every normalization layer's γ and β: what the ``norm`` term trains."""
     return affine_params(model, NORM_TYPES)
+
+
+def weight_biases(model: nn.Module) -> list[str]:
+    """Names of every conv/linear bias (layers built with ``bias=False`` have none): what the
+    ``bias`` term trains (BitFit, Ben Zaken et al. 2022)."""
+    return [qualified_name(mname, "bias") for mname, layer in weight_layers(model)
+            if isinstance(layer.bias, nn.Parameter)]
+
+
+def norm_param_count(model: nn.Module) -> int:
+    """Number of γ and β entries of every normalization layer: what ``norm`` trains (RMSNorm and a
+    LayerNorm without bias count their γ only)."""
+    return sum(getattr(module, pname).numel() for _, module in layers_of(model, NORM_TYPES) for pname in AFFINE
+               if isinstance(getattr(module, pname, None), nn.Parameter))
 
 
 def bn_param_count(model: nn.Module) -> int:

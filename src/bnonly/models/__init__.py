@@ -1,12 +1,13 @@
 """Model registry: ``create_model("cifar_resnet_20")`` builds and initializes a network by name.
 
-Families register themselves in :data:`MODEL_FAMILIES` on import (see ``models/registry.py``).
+Families register themselves in :data:`MODEL_FAMILIES` on import (see ``models/registry.py``); the
+distributions of the conv/linear weights are registered in :data:`WEIGHT_INITS` (``models/init.py``).
 """
 
-from bnonly.models import cifar_resnet, cifar_vgg, imagenet_resnet  # noqa: F401  (registers the families)
-from bnonly.models.init import GAMMA_INITS, initialize
+from bnonly.models import cifar_resnet, cifar_vgg, imagenet_resnet, vit, mlp  # noqa: F401  (registers the families)
+from bnonly.models.init import GAMMA_INITS, WEIGHT_INITS, initialize
 from bnonly.models.registry import (MODEL_FAMILIES, ModelFamily, ModelNameError, create_model, family_of, list_models,
                                     model_families)
 
-__all__ = ["GAMMA_INITS", "MODEL_FAMILIES", "ModelFamily", "ModelNameError", "create_model", "family_of", "initialize",
-           "list_models", "model_families"]
+__all__ = ["GAMMA_INITS", "MODEL_FAMILIES", "WEIGHT_INITS", "ModelFamily", "ModelNameError", "create_model",
+           "family_of", "initialize", "list_models", "model_families"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bnonly.models.init import check_gamma_init, initialize
+from bnonly.models.init import DEFAULT_WEIGHT_INIT, WEIGHT_INITS, check_gamma_init, check_weight_init, initialize
 from ..errors import BnonlyError
 from ..registry import Entry, Registry
 
@@ -35,7 +35,8 @@ MODEL_FAMILIES: Registry[Callable[..., nn.Module]] = Registry("model family", (
     "None if absent) for a name that fully matches it; it raises ModelNameError for a name it cannot build "
     "and leaves initialization to create_model. Register it with regex=, patterns= (the forms shown to "
     "users), num_classes= (the default), input_shape= (C, H, W of one input), help= and examples= "
-    "(names that build)"))
+    "(names that build), and optionally weight_init= (its default weight distribution, a WEIGHT_INITS name; "
+    "kaiming_normal, the paper's, if not given)"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ModelFamily:
     input_shape: tuple[int, ...]
     help: str
     examples: tuple[str, ...]
+    weight_init: str = DEFAULT_WEIGHT_INIT
 
     @classmethod
     def of(cls, entry: Entry[Callable[..., nn.Module]]) -> ModelFamily:
@@ -59,8 +61,12 @@ class ModelFamily:
                             f"a family provides {MODEL_FAMILIES.contract}")
         x = entry.extra
         patterns = (x["patterns"],) if isinstance(x["patterns"], str) else tuple(x["patterns"])
+        weight_init = x.get("weight_init", DEFAULT_WEIGHT_INIT)
+        if weight_init not in WEIGHT_INITS:
+            raise TypeError(f"model family {entry.name!r} was registered with weight_init={weight_init!r}, which is "
+                            f"not one of {', '.join(WEIGHT_INITS)}")
         return cls(entry.name, entry.obj, re.compile(x["regex"]), patterns, x["num_classes"],
-                   tuple(x["input_shape"]), entry.help, entry.examples)
+                   tuple(x["input_shape"]), entry.help, entry.examples, weight_init)
 
 
 def model_families() -> list[ModelFamily]:
@@ -95,14 +101,21 @@ def create_model(
     gamma_init: str = "uniform",
     seed: int | None = 0,
     device: torch.device | str | None = None,
+    weight_init: str | None = None,
 ) -> nn.Module:
     """Build the model called ``name`` and initialize it with :func:`initialize`.
 
-    ``num_classes=None`` takes the family default. ``device="meta"`` builds without memory or
-    initialization (for counting parameters). Building never consumes the global RNG.
+    ``num_classes=None`` takes the family default. ``weight_init=None`` takes the family's default
+    weight distribution (``kaiming_normal``, the paper's, for every family but the ViT, whose
+    default is ``timm_vit``); a name from ``WEIGHT_INITS`` replaces it. ``device="meta"`` builds
+    without memory or initialization (for counting parameters). Building never consumes the
+    global RNG.
     """
     family = family_of(name)
     check_gamma_init(gamma_init)
+    if weight_init is None:
+        weight_init = family.weight_init
+    check_weight_init(weight_init)
     if num_classes is None:
         num_classes = family.num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -116,7 +129,7 @@ def create_model(
             model = family.build(**family.regex.fullmatch(name).groupdict(), num_classes=num_classes)
         except ModelNameError as e:
             raise _invalid(name, str(e)) from None
-    initialize(model, gamma_init=gamma_init, seed=seed)
+    initialize(model, gamma_init=gamma_init, seed=seed, weight_init=weight_init)
     if target is not None and not on_meta:
         model.to(target)
     return model

@@ -12,10 +12,11 @@ from ..layers import bn_param_count
 from .apply import (TrainableEntries, apply_selection, configure, count_trainable, disable_bn_affine, layer_breakdown,
                     plain_state_dict, trainable_parameters)
 from .spec import TERMS, SelectContext, Selection, SpecError, parse_spec, select, spec_help, term_table_markdown
-from .terms import SPEC_HELP, output_layer  # importing terms registers the built-in terms
+from .terms import SPEC_HELP, matched_count, output_layer  # importing terms registers the built-in terms
 
 __all__ = [
     "SPEC_HELP", "TERMS", "SelectContext", "Selection", "SpecError", "TrainableEntries", "apply_selection",
-    "bn_param_count", "configure", "count_trainable", "disable_bn_affine", "layer_breakdown", "output_layer",
-    "parse_spec", "plain_state_dict", "select", "spec_help", "term_table_markdown", "trainable_parameters",
+    "bn_param_count", "configure", "count_trainable", "disable_bn_affine", "layer_breakdown", "matched_count",
+    "output_layer", "parse_spec", "plain_state_dict", "select", "spec_help", "term_table_markdown",
+    "trainable_parameters",
 ]

@@ -42,7 +42,8 @@ def _affine(model: nn.Module, term: str, types: tuple, which: tuple[str, ...], k
     return dict.fromkeys(names, True)
 
 
-@TERMS.register("all", help="every parameter (the ordinary network)")
+@TERMS.register("all", help="every parameter (the ordinary network), bare ones included (a ViT's class token and "
+                            "position embedding)")
 def _all(model: nn.Module, arg: None, ctx: SelectContext) -> dict[str, bool]:
     return {name: True for name, _ in model.named_parameters()}
 
@@ -79,8 +80,17 @@ def _output(model: nn.Module, arg: None, ctx: SelectContext) -> dict[str, bool]:
     return {layers.qualified_name(mname, pname): True for pname, _ in layer.named_parameters(recurse=False)}
 
 
+@TERMS.register("bias", help="every bias of the conv and linear layers, the output layer's included (BitFit)")
+def _bias(model: nn.Module, arg: None, ctx: SelectContext) -> dict[str, bool]:
+    names = layers.weight_biases(model)
+    if not names:
+        raise SpecError(f"'{ctx.term}' selects nothing: the model has no conv or linear layer with a bias")
+    return dict.fromkeys(names, True)
+
+
 @TERMS.register("random-per-channel", syntax="random-per-channel:K", parse=_count,
-                help="K random weights per output channel of every conv/linear weight (`K=2` matches BN's 2 per "
+                help="K random weights per output channel of every conv/linear weight, i.e. per output row of an "
+                     "`nn.Linear` (attention's q/k/v and output projections, MLP layers) (`K=2` matches BN's 2 per "
                      "channel)")
 def _random_per_channel(model: nn.Module, k: int, ctx: SelectContext) -> dict[str, torch.Tensor]:
     masks = {}
@@ -96,13 +106,21 @@ def _random_per_channel(model: nn.Module, k: int, ctx: SelectContext) -> dict[st
     return masks
 
 
+def matched_count(model: nn.Module) -> int:
+    """What ``random:matched`` matches: the BatchNorm γ+β count (what ``bn`` trains, the paper's
+    baseline, unchanged where a model has BatchNorm), else every normalization layer's γ+β (what
+    ``norm`` trains: GroupNorm, LayerNorm, InstanceNorm, RMSNorm models)."""
+    return layers.bn_param_count(model) or layers.norm_param_count(model)
+
+
 @TERMS.register("random", syntax="random:matched|N", parse=_count_or_matched,
                 help="N random weights, uniform over all conv/linear weights; `matched`: as many as the model has "
-                     "BatchNorm γ+β")
+                     "BatchNorm γ+β, or, without BatchNorm, normalization γ+β (GroupNorm, LayerNorm, ...)")
 def _random(model: nn.Module, arg: int | str, ctx: SelectContext) -> dict[str, torch.Tensor]:
-    n = layers.bn_param_count(model) if arg == "matched" else arg
+    n = matched_count(model) if arg == "matched" else arg
     if n == 0:
-        what = "the model has no BatchNorm parameters to match" if arg == "matched" else "N must be at least 1"
+        what = ("the model has no normalization layer with γ/β whose count it could match" if arg == "matched"
+                else "N must be at least 1")
         raise SpecError(f"'{ctx.term}' selects nothing ({what})")
     weight_layers = layers.weight_layers(model)
     sizes = [layer.weight.numel() for _, layer in weight_layers]
