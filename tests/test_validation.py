@@ -13,6 +13,7 @@ import yaml
 from bnonly import rundir
 from bnonly.cli import main
 from bnonly.config import FIELD_DEFAULTS, ConfigError, TrainConfig
+from bnonly.data import DataError
 from bnonly.errors import OutputError
 from bnonly.rundir import RunDir
 from bnonly.training import train
@@ -61,6 +62,13 @@ BAD = {
     "optimizer": [("", "not empty"), (1, "not a string")],
     "loss": [(" ", "not empty")],
     "log": [(3, "not a string")],
+    "weight_init": [(0, "not a string")],
+    "init_from": [(1, "not a string")],
+    "classes": [(3, "not a string")],
+    "norm_weight_decay": [(-1, ">= 0"), (NAN, ">= 0")],
+    "norm_lr_scale": [(0, "> 0"), (-2, "> 0"), (INF, "> 0")],
+    "bn_stats": [("running", "one of batch, frozen")],
+    "recalibrate_bn": [(-1, ">= 0"), (1.5, "not an integer")],
 }
 # Values at the edges that must be accepted.
 GOOD = dict(epochs=0.5, momentum=0.0, lr=0.0, weight_decay=0.0, milestones=(), eval_every=0, threads=1, seed=2**63 - 1,
@@ -114,10 +122,12 @@ def test_the_cli_and_config_files_refuse_the_same_and_write_nothing(tmp_path, ca
     (dict(optimizer="adam"), "unknown optimizer 'adam'; known: sgd, adamw"),
     (dict(loss="mse"), "unknown loss 'mse'; known: cross_entropy"),
     (dict(log="wandb"), "unknown logging backend 'wandb'; known: tensorboard"),
+    (dict(weight_init="xavier"), "unknown weight distribution 'xavier'; known: kaiming_normal"),
+    (dict(classes="0,nope"), "nope"),
 ])
 def test_checks_that_need_the_data_come_before_the_run_folder(tmp_path, change, message):
     cfg = TrainConfig(**{**TINY, "out": str(tmp_path / "runs"), **change})
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, DataError), match=message):
         train(cfg, log=lambda *_: None)
     assert not (tmp_path / "runs").exists()
 

@@ -64,8 +64,8 @@ from .errors import BnonlyError
 from .layers import output_layer
 from .models import create_model, family_of
 from .rundir import RunDir, atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable, read_json
-from .trainable import Selection, TrainableEntries, configure, parse_spec, plain_state_dict
-from .training.build import freeze_bn_statistics, start_from
+from .trainable import Selection, TrainableEntries, parse_spec, plain_state_dict
+from .training.build import build_model
 
 MAGIC = b"bnonly-compact sha256="
 FORMAT = 1
@@ -111,13 +111,9 @@ class Rebuilt:
 
 def rebuild(cfg: cfgmod.TrainConfig, num_classes: int) -> Rebuilt:
     """Build and configure the run's model the way ``training.build`` does, without its data."""
-    model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
-    if cfg.init_from:
-        start_from(model, cfg.init_from)
-    params = [n for n, _ in model.named_parameters()]
-    selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
-    if cfg.bn_stats == "frozen":
-        freeze_bn_statistics(model)
+    model, selection = build_model(cfg, num_classes)
+    # The plain architecture's parameter order (configure moves parametrized tensors elsewhere).
+    params = [n for n, _ in create_model(cfg.model, num_classes, device="meta").named_parameters()]
     buffers = [n for n, _ in model.named_buffers() if "parametrizations." not in n]
     return Rebuilt(model, selection, params, buffers)
 

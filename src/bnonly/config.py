@@ -84,7 +84,7 @@ class TrainConfig:
     gamma_init: str = _f("uniform", "BatchNorm γ init: uniform (U[0,1], the paper) or ones", one_of("uniform", "ones"))
     seed: int = _f(0, "seed of the initial weights, data order and augmentation", SEED)
     selection_seed: Optional[int] = _f(None, "seed of random what-trains subsets (default: seed)", SEED)
-    weight_init: str = _f("kaiming_normal", "distribution of the conv/linear weights (frozen or not): kaiming_normal (the paper), kaiming_uniform, orthogonal, signed_constant (±σ of Kaiming normal)", NON_EMPTY)
+    weight_init: Optional[str] = _f(None, "distribution of the conv/linear weights (frozen or not): kaiming_normal, kaiming_uniform, orthogonal, signed_constant (±σ of Kaiming normal), timm_vit; bnonly.models.WEIGHT_INITS lists all (default: the family's own, kaiming_normal as the paper for CNNs and MLPs)", NON_EMPTY)
     init_from: str = _f("", "start from this finished run's final weights (a run folder); the output layer is re-initialized when the class count differs; the source run's id is part of this run's identity")
     num_classes: Optional[int] = _f(None, "output classes (default: the dataset's); at least the dataset's", at_least(2))
     classes: str = _f("", "train and test on these classes only: comma-separated class names or indices, relabelled 0..k-1 in the order given (default: all)")
@@ -131,6 +131,8 @@ class TrainConfig:
         # TrainConfig(epochs=10) and `--epochs 10` name the same run.
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        # "cat, dog" and "cat,dog" pick the same classes: one spelling, one run folder
+        object.__setattr__(self, "classes", ",".join(c.strip() for c in self.classes.split(",")) if self.classes else "")
         _check_ranges(self)
 
     def replace(self, **changes) -> "TrainConfig":

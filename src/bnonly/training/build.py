@@ -17,7 +17,7 @@ from .. import compute, distributed, speed
 from ..config import TrainConfig
 from ..data import detect_format, make_batches, open_dataset
 from ..errors import ConfigError
-from ..models import create_model
+from ..models import WEIGHT_INITS, create_model
 from ..layers import BATCHNORM_TYPES, layers_of, output_layer
 from ..rundir import RunDir, read_json
 from ..trainable import configure, parse_spec
@@ -37,6 +37,8 @@ def preflight(cfg: TrainConfig, *, check_device: bool = True) -> None:
     parse_spec(cfg.train)
     if cfg.init_from:
         source_run(cfg.init_from)
+    if cfg.weight_init:
+        WEIGHT_INITS.entry(cfg.weight_init)
     OPTIMIZERS.entry(cfg.optimizer)
     OBJECTIVES.entry(cfg.loss)
     for name in filter(None, (n.strip() for n in cfg.log.split(","))):
@@ -78,11 +80,9 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     """
     preflight(cfg)  # the cheap checks first: a bad model name is reported before the data is read
     device = compute.resolve_device(cfg.device)
-    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size)
+    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size, classes=cfg.classes)
     num_classes = _check_against_data(cfg, dataset)
-    model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
-    if cfg.init_from:
-        start_from(model, cfg.init_from)
+    model, selection = build_model(cfg, num_classes)
     _check_image_fits(model, cfg.model, dataset.train)
     settings, note = compute.resolve(
         dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, capture=cfg.capture,
@@ -91,9 +91,6 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
         nchw_only=compute.nchw_only_reason(model, device, cfg.model))
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
-    if cfg.bn_stats == "frozen":
-        freeze_bn_statistics(model)
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -107,6 +104,20 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     test_batch += -test_batch % me.world_size  # a global batch every rank takes an equal slice of
     test_batches = make_batches(dataset.test, batch_size=test_batch, train=False, augment="none", **common)
     return Built(model, selection, train_batches, test_batches, num_classes, device, settings, note)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, object]:
+    """The run's model on the CPU as training starts it, and what trains in it: created and
+    initialized from the seed (``weight_init``), started from ``init_from``, configured (``train``,
+    ``bn_affine``), BatchNorm statistics frozen when asked. The one recipe: ``bnonly.compact``
+    rebuilds runs with it too."""
+    model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed, weight_init=cfg.weight_init)
+    if cfg.init_from:
+        start_from(model, cfg.init_from)
+    selection = configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
+    if cfg.bn_stats == "frozen":
+        freeze_bn_statistics(model)
+    return model, selection
 
 
 def source_run(path: str) -> RunDir:
