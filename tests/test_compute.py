@@ -110,3 +110,16 @@ def test_a_resumed_run_keeps_its_numerics_on_a_machine_with_another_default(tmp_
                                                              capture=False, threads=1)
     a, b = (torch.load(RunDir(s["run_dir"]).final_weights) for s in (straight, summary))
     assert all(torch.equal(a[k], b[k]) for k in a)  # continued exactly as it would have on its first machine
+
+
+def test_models_with_a_plain_groupnorm_train_in_nchw_on_the_cpu():
+    from torch import nn
+
+    from bnonly.compute import nchw_only_reason
+    from bnonly.models import create_model
+
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8))
+    assert "nn.GroupNorm" in nchw_only_reason(plain, torch.device("cpu"), "mine")
+    assert nchw_only_reason(plain, torch.device("cuda"), "mine") is None
+    # bnonly's GroupNorm ResNets use GroupNorm2d, which sidesteps the crash: channels_last stays.
+    assert nchw_only_reason(create_model("cifar_resnet_8_8_gn4", 4, device="meta"), torch.device("cpu"), "gn") is None

@@ -118,7 +118,7 @@ def test_the_cli_and_config_files_refuse_the_same_and_write_nothing(tmp_path, ca
 @pytest.mark.parametrize("change, message", [
     (dict(num_classes=2), "num_classes=2 is below the 4 classes of synthetic"),
     (dict(batch_size=500), "batch_size=500 is larger than the 128 training images"),
-    (dict(model="cifar_vgg_11"), "16x16 images are too small for cifar_vgg_11"),
+    (dict(model="cifar_vgg_11"), "16x16 images do not fit cifar_vgg_11"),
     (dict(optimizer="adam"), "unknown optimizer 'adam'; known: sgd, adamw"),
     (dict(loss="mse"), "unknown loss 'mse'; known: cross_entropy"),
     (dict(log="wandb"), "unknown logging backend 'wandb'; known: tensorboard"),

@@ -74,7 +74,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    model = create_model(args.model, args.num_classes, gamma_init=args.gamma_init, seed=args.seed)
+    model = create_model(args.model, args.num_classes, gamma_init=args.gamma_init, seed=args.seed,
+                         weight_init=args.weight_init)
     configure(model, args.train, args.seed, bn_affine=args.bn_affine)
     info = dict(model=args.model, train=args.train, **count_summary(model))
     layers = layer_breakdown(model)
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default="bn", help="what trains (default: bn)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--gamma-init", default="uniform")
+    p.add_argument("--weight-init", default=None, help="weight distribution (default: the family's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bn-affine", dest="bn_affine", action="store_false")
     p.add_argument("--json", action="store_true", help="machine-readable output")

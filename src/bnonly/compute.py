@@ -58,11 +58,18 @@ def nchw_only_reason(model: nn.Module, device: torch.device, name: str) -> str |
     channels in channels_last corrupts the heap ("corrupted size vs. prev_size", then a crash) at
     one thread; a ResNet's downsampling shortcut is one when the width is below 8.
     """
+    if device.type != "cpu":
+        return None
     thin = any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8
                for m in model.modules())
-    if device.type == "cpu" and thin:
+    if thin:
         return (f"{name} has a 1x1 stride-2 convolution with fewer than 8 input channels, whose channels_last "
                 "backward corrupts memory on the CPU (PyTorch 2.13), so it trains in NCHW there")
+    # PyTorch 2.13's CPU GroupNorm backward segfaults on channels_last input when only γ/β need
+    # gradients; bnonly's own ResNets use models.cifar_resnet.GroupNorm2d, which avoids it.
+    if any(type(m) is nn.GroupNorm for m in model.modules()):
+        return (f"{name} has an nn.GroupNorm, whose channels_last backward crashes on the CPU (PyTorch 2.13), "
+                "so it trains in NCHW there")
     return None
 
 

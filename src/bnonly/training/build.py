@@ -84,6 +84,11 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     num_classes = _check_against_data(cfg, dataset)
     model, selection = build_model(cfg, num_classes)
     _check_image_fits(model, cfg.model, dataset.train)
+    if cfg.sync_bn and distributed.world().distributed and device.type == "cpu":
+        other = sorted({type(m).__name__ for _, m in layers_of(model, BATCHNORM_TYPES) if type(m) is not nn.BatchNorm2d})
+        if other:
+            raise ConfigError(f"--sync-bn on the CPU synchronizes BatchNorm2d only, and {cfg.model} has {', '.join(other)}: "
+                              "leave --sync-bn out (per-process statistics) or train on GPUs")
     settings, note = compute.resolve(
         dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, capture=cfg.capture,
              threads=cfg.threads),
@@ -204,7 +209,7 @@ def _check_image_fits(model: nn.Module, name: str, split) -> None:
             model(torch.zeros(1, channels, height, width))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"{height}x{width} images are too small for {name} ({first}); use larger images "
-                          f"(--image-size for streamed folders) or a model with less downsampling") from None
+        raise ConfigError(f"{height}x{width} images do not fit {name} ({first}); use the image size it takes "
+                          f"(--image-size for streamed folders), or for a CNN one with less downsampling") from None
     finally:
         model.train(was_training)
