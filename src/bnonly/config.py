@@ -16,15 +16,16 @@ import json
 import math
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .errors import ConfigError
 from .trainable import SPEC_HELP
 
 
-def _f(default, help: str, allowed: "Allowed | None" = None, **kw):
+def _f(default, help: str, allowed: Allowed | None = None, **kw):
     """A config field: its default, help text and the values it allows (stated in the help)."""
     if allowed is not None:
         help = f"{help} [{allowed.text}]"
@@ -78,50 +79,111 @@ class TrainConfig:
     message, before anything is written."""
 
     # What is trained, and how it starts.
-    model: str = _f("cifar_resnet_20", "model name, e.g. cifar_resnet_14, cifar_resnet_56_32, cifar_vgg_16, imagenet_resnet_50", NON_EMPTY)
+    model: str = _f(
+        "cifar_resnet_20",
+        "model name, e.g. cifar_resnet_14, cifar_resnet_56_32, cifar_vgg_16, imagenet_resnet_50", NON_EMPTY)
     train: str = _f("bn", f"what trains: {SPEC_HELP}", NON_EMPTY)
     bn_affine: bool = _f(True, "false: BatchNorm γ=1, β=0 fixed (the 'no affine' ablation)")
     gamma_init: str = _f("uniform", "BatchNorm γ init: uniform (U[0,1], the paper) or ones", one_of("uniform", "ones"))
     seed: int = _f(0, "seed of the initial weights, data order and augmentation", SEED)
     selection_seed: Optional[int] = _f(None, "seed of random what-trains subsets (default: seed)", SEED)
-    weight_init: Optional[str] = _f(None, "distribution of the conv/linear weights (frozen or not): kaiming_normal, kaiming_uniform, orthogonal, signed_constant (±σ of Kaiming normal), timm_vit; bnonly.models.WEIGHT_INITS lists all (default: the family's own, kaiming_normal as the paper for CNNs and MLPs)", NON_EMPTY)
-    init_from: str = _f("", "start from this finished run's final weights (a run folder); the output layer is re-initialized when the class count differs; the source run's id is part of this run's identity")
-    num_classes: Optional[int] = _f(None, "output classes (default: the dataset's); at least the dataset's", at_least(2))
-    classes: str = _f("", "train and test on these classes only: comma-separated class names or indices, relabelled 0..k-1 in the order given (default: all)")
+    weight_init: Optional[str] = _f(
+        None,
+        "distribution of the conv/linear weights (frozen or not): kaiming_normal, kaiming_uniform, orthogonal, "
+        "signed_constant (±σ of Kaiming normal), timm_vit; bnonly.models.WEIGHT_INITS lists all (default: the "
+        "family's own, kaiming_normal as the paper for CNNs and MLPs)", NON_EMPTY)
+    init_from: str = _f(
+        "",
+        "start from this finished run's final weights (a run folder); the output layer is re-initialized when the "
+        "class count differs; the source run's id is part of this run's identity")
+    num_classes: Optional[int] = _f(
+        None,
+        "output classes (default: the dataset's); at least the dataset's", at_least(2))
+    classes: str = _f(
+        "",
+        "train and test on these classes only: comma-separated class names or indices, relabelled 0..k-1 in the "
+        "order given (default: all)")
     # Data.
-    data: str = _f("", "dataset: CIFAR python-batch folder or .tar.gz, image folder with train/ and test/, or synthetic[:k=v,...]")
-    augment: str = _f("auto", "train augmentation: cifar (crop pad 4 + flip), imagenet (random-resized crop + flip), none, or auto (cifar for in-memory data, imagenet for streamed folders)", one_of("auto", "cifar", "imagenet", "none"))
-    image_size: int = _f(224, "crop size for streamed (ImageNet-style) folders; test images are resized to 256/224 of it first", at_least(8, 4096))
-    normalize: str = _f("imagenet", "input normalization: imagenet (the framework's choice), cifar, none", one_of("imagenet", "cifar", "none"))
+    data: str = _f(
+        "",
+        "dataset: CIFAR python-batch folder or .tar.gz, image folder with train/ and test/, or synthetic[:k=v,...]")
+    augment: str = _f(
+        "auto",
+        "train augmentation: cifar (crop pad 4 + flip), imagenet (random-resized crop + flip), none, or auto (cifar "
+        "for in-memory data, imagenet for streamed folders)", one_of("auto", "cifar", "imagenet", "none"))
+    image_size: int = _f(
+        224,
+        "crop size for streamed (ImageNet-style) folders; test images are resized to 256/224 of it first",
+        at_least(8, 4096))
+    normalize: str = _f(
+        "imagenet",
+        "input normalization: imagenet (the framework's choice), cifar, none", one_of("imagenet", "cifar", "none"))
     # Optimization.
-    epochs: float = _f(160.0, "training epochs; the schedule keeps its shape (milestones scale with epochs)", above(0, 100_000))
-    batch_size: int = _f(128, "global batch size (split across ranks when distributed); at most the training set", at_least(1))
-    sync_bn: bool = _f(False, "with several processes, BatchNorm statistics over the global batch (default: each process's batch_size/N images)")
+    epochs: float = _f(
+        160.0,
+        "training epochs; the schedule keeps its shape (milestones scale with epochs)", above(0, 100_000))
+    batch_size: int = _f(
+        128,
+        "global batch size (split across ranks when distributed); at most the training set", at_least(1))
+    sync_bn: bool = _f(
+        False,
+        "with several processes, BatchNorm statistics over the global batch (default: each process's batch_size/N "
+        "images)")
     optimizer: str = _f("sgd", "optimizer: sgd (the paper's) or adamw; bnonly.training.OPTIMIZERS lists all", NON_EMPTY)
     loss: str = _f("cross_entropy", "training objective; bnonly.training.OBJECTIVES lists all", NON_EMPTY)
     lr: float = _f(0.1, "peak learning rate", at_least(0))
-    momentum: float = _f(0.9, "SGD momentum (not used by adamw)", Allowed(">= 0 and < 1", lambda v: _finite(v) and 0 <= v < 1))
+    momentum: float = _f(
+        0.9,
+        "SGD momentum (not used by adamw)", Allowed(">= 0 and < 1", lambda v: _finite(v) and 0 <= v < 1))
     weight_decay: float = _f(1e-4, "weight decay on every trainable tensor", at_least(0))
-    norm_weight_decay: Optional[float] = _f(None, "weight decay on normalization γ/β instead (default: weight_decay, as the paper)", at_least(0))
+    norm_weight_decay: Optional[float] = _f(
+        None,
+        "weight decay on normalization γ/β instead (default: weight_decay, as the paper)", at_least(0))
     norm_lr_scale: float = _f(1.0, "learning-rate multiplier for normalization γ/β", above(0))
-    milestones: tuple = _f((80, 120), "epochs (of schedule_epochs) where lr is multiplied by lr_gamma; each <= schedule_epochs", ASCENDING)
+    milestones: tuple = _f(
+        (80, 120),
+        "epochs (of schedule_epochs) where lr is multiplied by lr_gamma; each <= schedule_epochs", ASCENDING)
     lr_gamma: float = _f(0.1, "lr factor at each milestone", above(0, 1))
     warmup_epochs: float = _f(0.0, "linear warmup length (of schedule_epochs); at most schedule_epochs", at_least(0))
     schedule_epochs: float = _f(160.0, "the recipe length the milestones and warmup refer to", above(0, 100_000))
-    bn_stats: str = _f("batch", "BatchNorm statistics in training: batch (normalize with each batch's, the usual), or frozen (normalize with the running statistics, fixed at their initial values: the affine stays, the normalization goes)", one_of("batch", "frozen"))
+    bn_stats: str = _f(
+        "batch",
+        "BatchNorm statistics in training: batch (normalize with each batch's, the usual), or frozen (normalize "
+        "with the running statistics, fixed at their initial values: the affine stays, the normalization goes)",
+        one_of("batch", "frozen"))
     # Evaluation.
-    eval_every: float = _f(1.0, "evaluate on the test set every this many epochs, and at the end; 0: only at the end", at_least(0))
-    recalibrate_bn: int = _f(0, "before each evaluation, recompute BatchNorm running statistics over this many training batches (PreciseBN); 0: the running averages", at_least(0, 10_000))
+    eval_every: float = _f(
+        1.0,
+        "evaluate on the test set every this many epochs, and at the end; 0: only at the end", at_least(0))
+    recalibrate_bn: int = _f(
+        0,
+        "before each evaluation, recompute BatchNorm running statistics over this many training batches "
+        "(PreciseBN); 0: the running averages", at_least(0, 10_000))
     # How and where to run: not part of the run's identity (bnonly.compute records and keeps them).
     device: str = _f("auto", "cpu, cuda, cuda:N or auto", DEVICE)
-    channels_last: Optional[bool] = _f(None, "channels_last memory format (default: what measures fastest on the device; a resumed run keeps its own)")
-    bf16: Optional[bool] = _f(None, "bf16 autocast (default: on for CUDA and CPUs with native bf16, off on AVX2-only CPUs; $BNONLY_CPU_BF16=1/0 replaces the CPU default; a resumed run keeps its own)")
+    channels_last: Optional[bool] = _f(
+        None,
+        "channels_last memory format (default: what measures fastest on the device; a resumed run keeps its own)")
+    bf16: Optional[bool] = _f(
+        None,
+        "bf16 autocast (default: on for CUDA and CPUs with native bf16, off on AVX2-only CPUs; $BNONLY_CPU_BF16=1/0 "
+        "replaces the CPU default; a resumed run keeps its own)")
     compile: Optional[bool] = _f(None, "torch.compile the model (default: off; a resumed run keeps its own)")
-    capture: Optional[bool] = _f(None, "the whole training step (batch gather, forward, backward, SGD) in one CUDA graph; on the CPU the same step runs eagerly (default: off; a resumed run keeps its own)")
-    checkpoint_activations: int = _f(0, "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward (0: off; about sqrt(blocks) saves most)", at_least(0, 10_000))
+    capture: Optional[bool] = _f(
+        None,
+        "the whole training step (batch gather, forward, backward, SGD) in one CUDA graph; on the CPU the same step "
+        "runs eagerly (default: off; a resumed run keeps its own)")
+    checkpoint_activations: int = _f(
+        0,
+        "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward "
+        "(0: off; about sqrt(blocks) saves most)", at_least(0, 10_000))
     num_workers: int = _f(4, "DataLoader workers for streamed (ImageNet-style) data", at_least(0, 1024))
-    threads: Optional[int] = _f(None, "CPU threads for torch (default: torch's choice; a resumed run keeps its own)", at_least(1, 4096))
-    cache_dir: Optional[str] = _f(None, "where decoded image folders are cached (default $BNONLY_CACHE or ~/.cache/bnonly)")
+    threads: Optional[int] = _f(
+        None,
+        "CPU threads for torch (default: torch's choice; a resumed run keeps its own)", at_least(1, 4096))
+    cache_dir: Optional[str] = _f(
+        None,
+        "where decoded image folders are cached (default $BNONLY_CACHE or ~/.cache/bnonly)")
     progress: bool = _f(True, "show a progress bar")
     log: str = _f("", "extra logging beside metrics.jsonl, comma-separated: tensorboard")
     out: str = _f("runs", "output root; each run gets its own folder below it", NON_EMPTY)
@@ -132,10 +194,11 @@ class TrainConfig:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
         # "cat, dog" and "cat,dog" pick the same classes: one spelling, one run folder
-        object.__setattr__(self, "classes", ",".join(c.strip() for c in self.classes.split(",")) if self.classes else "")
+        classes = ",".join(c.strip() for c in self.classes.split(",")) if self.classes else ""
+        object.__setattr__(self, "classes", classes)
         _check_ranges(self)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return from_dict(self.to_dict() | changes)
 
     def to_dict(self) -> dict[str, Any]:
