@@ -49,6 +49,7 @@ read -r -d '' HELPER <<'PYEOF'
 import json, shutil, sys
 from pathlib import Path
 import yaml
+from bnonly.analysis import read_analysis
 from bnonly.sweep import expand, load_spec
 
 # --tiny: each model of the sweep as a tiny one of the same shape (depth ladder, 2x and 4x width).
@@ -120,9 +121,12 @@ def collect(spec, root, out, mark):
             for f in files + (sorted(path.glob("analysis_*.png")) if complete else []):
                 if f.is_file():
                     shutil.copy2(f, target / path.name / f.name)
-        summary, analysis = read(path / "summary.json") or {}, (read(path / "analysis.json") if complete else {}) or {}
+        summary = read(path / "summary.json") or {}
+        analysis = (read_analysis(path) if complete else None) or {"sections": {}}  # any format, as today's
         acc = lambda k: f"{100 * summary[k]:.2f}%" if summary.get(k) is not None and s == "done" else ""
-        dead = f"{100 * analysis['fraction_dead']:.1f}%" if "fraction_dead" in analysis else ""
+        disabled = analysis["sections"].get("disabled") or {}
+        dead = (f"{100 * disabled['fraction_dead']:.1f}%" if disabled.get("fraction_dead") is not None
+                else "n/a" if disabled else "")
         rate = f"{summary['images_per_second']:,.0f}" if summary.get("images_per_second") else ""
         wall = f"{summary['wall_seconds']:,.0f}" if summary.get("wall_seconds") else ""
         rows.append(f"| {i} | {path.name} | {s} | {acc('test_acc')} | {acc('test_top5')} | {rate} | {wall} | {dead} |")

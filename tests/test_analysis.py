@@ -10,9 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-from bnonly.analysis import (EVALUATORS, AnalysisError, Column, OffCounter, analysis_options, analyze_model,
-                             analyze_run, describe, evaluator, fraction_below, migrate, random_masks,
-                             read_analysis, relu_fed_batchnorms, stale_sections, zeroed_features)
+from bnonly.analysis import (
+    EVALUATORS,
+    AnalysisError,
+    Column,
+    OffCounter,
+    analysis_options,
+    analyze_model,
+    analyze_run,
+    column_values,
+    describe,
+    destinations,
+    evaluator,
+    fraction_below,
+    migrate,
+    random_masks,
+    read_analysis,
+    stale_sections,
+    zeroed_features,
+)
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import create_model
@@ -143,14 +159,15 @@ def test_hand_set_model_statistics_disabled_features_and_ablation():
     assert ab["random_zeroed_acc_mean"] == pytest.approx(np.mean(ab["random_zeroed_acc"]))
     assert ab["random_zeroed_acc_std"] == pytest.approx(np.std(ab["random_zeroed_acc"], ddof=1))
     # The only BN feeds a ReLU: the ReLU-fed ablation is the overall one, and nothing is 'other'.
-    assert dlayer["feeds_relu"] is True
+    assert (dlayer["destination"], dlayer["activation"], dlayer["not_applicable"]) == ("relu_fed", "relu", None)
+    assert list(dis["criteria"]) == ["relu"] and dis["norms"] == "BNs" and dis["n_measured"] == 4
     assert (dis["n_relu_fed_features"], dis["n_dead_relu_fed"], dis["fraction_dead_relu_fed"]) == (4, 2, 0.5)
-    runner_keys = {"by_destination", "version", "options", "seconds"}
+    runner_keys = {"by_destination", "not_applicable", "norms", "version", "options", "seconds"}
     assert ab["by_destination"] == {"relu_fed": {k: v for k, v in ab.items() if k not in runner_keys}}
     assert {name: (s["version"], s["options"]) for name, s in sections.items()} == {
-        "affine": (1, {"thresholds": [0.01, 0.05, 0.1]}),
-        "disabled": (1, {"thresholds": [0.01, 0.05, 0.1], "dead_share": 0.99}),
-        "ablation": (1, {"draws": 6, "seed": 0})}
+        "affine": (2, {"thresholds": [0.01, 0.05, 0.1]}),
+        "disabled": (2, {"thresholds": [0.01, 0.05, 0.1], "dead_share": 0.99}),
+        "ablation": (2, {"draws": 6, "seed": 0})}
     again = analyze_model(model, Batches(x, y), draws=6, seed=0)["ablation"]
     assert again["random_zeroed_acc"] == ab["random_zeroed_acc"]  # seeded draws
     assert json.loads(json.dumps(sections)) == sections  # analysis.json-ready
@@ -180,11 +197,23 @@ def test_bn_without_affine_counts_as_gamma_one_and_nothing_disabled_zeroes_nothi
     assert batches.passes == 1  # zeroing nothing needs no pass of its own
 
 
-def test_model_without_batchnorm_is_an_error():
+def test_model_without_normalization_layers_is_not_applicable_but_keeps_its_accuracy():
+    """A no-norm model (cifar_resnet_*_nonorm) has no γ, β or disabled features: null with a reason,
+    not an error, so a folder of runs that holds one is analysed and reported whole."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-    x = torch.randn(8, 4, 2, 2)
-    with pytest.raises(AnalysisError, match="no BatchNorm"):
-        analyze_model(model, Batches(x, torch.zeros(8, dtype=torch.long)))
+    x = torch.randn(8, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    batches = Batches(x, y)
+    sections = analyze_model(model, batches, draws=2)
+    af, dis, ab = sections["affine"], sections["disabled"], sections["ablation"]
+    reason = "the model has no normalization layers"
+    assert af["not_applicable"] == dis["not_applicable"] == ab["not_applicable"] == reason
+    assert (af["n_layers"], af["n_features"], af["fraction_gamma_below"]["0.05"]) == (0, 0, None)
+    assert (dis["fraction_dead"], dis["n_dead"], dis["n_measured"]) == (None, None, 0)
+    assert dis["test"]["test_acc"] == ab["baseline_acc"] == 1.0 and ab["disabled_zeroed_acc"] is None
+    assert batches.passes == 1
+    assert column_values({"sections": sections})["disabled_not_applicable"] == reason
 
 
 def test_batchnorm1d_features():
@@ -244,6 +273,10 @@ def test_stem_feature_disabled_by_hand_in_a_real_resnet_is_found_and_free_to_zer
     assert dis["test"]["test_acc"] == 1.0
 
 
+def relu_fed_batchnorms(model):
+    return {name for name, d in destinations(model)[0].items() if d.kind == "relu_fed"}
+
+
 def test_relu_fed_batchnorms_follow_the_data_flow_not_the_names():
     resnet = relu_fed_batchnorms(create_model("cifar_resnet_8_8", 4))
     assert resnet == {"bn", "blocks.0.bn1", "blocks.1.bn1", "blocks.2.bn1"}  # bn2 and shortcuts feed the sum
@@ -262,6 +295,8 @@ def test_relu_fed_batchnorms_follow_the_data_flow_not_the_names():
             return torch.relu(c) + c
 
     assert relu_fed_batchnorms(FunctionalRelu()) == {"a", "b"}
+    c = destinations(FunctionalRelu())[0]["c"]  # used by a ReLU and by the sum: neither decides alone
+    assert c.not_applicable == "feeds the model's output, not a ReLU-like activation"
 
 
 def split_model():
@@ -289,7 +324,7 @@ def test_ablation_split_separates_relu_fed_from_residual_side_features():
     assert dead == {layer["name"]: [i for i, s in enumerate(layer["channels"]["off_share"]) if s >= 0.99]
                     for layer in dis["layers"]}
     assert dead["bn"] == [3] and dead["blocks.2.bn2"] == [5]
-    assert {layer["name"]: layer["feeds_relu"] for layer in dis["layers"]}["blocks.2.bn2"] is False
+    assert {layer["name"]: layer["destination"] for layer in dis["layers"]}["blocks.2.bn2"] == "other"
     assert (y != 0).float().mean() > 0.9
     relu_fed_features = 8 + 8 + 16 + 32  # stem + each stage's first BN
     n_dead_relu_fed = sum(len(dead[n]) for n in ("bn", "blocks.0.bn1", "blocks.1.bn1", "blocks.2.bn1"))
@@ -333,19 +368,22 @@ def test_sections_are_kept_while_fresh_and_passes_over_the_test_set_are_shared()
         "affine"]
 
 
-def test_format_2_analysis_migrates_to_what_is_computed_today():
+def test_format_2_analysis_migrates_to_the_numbers_computed_today():
+    """A format-2 file reads as version-1 sections holding the numbers today's evaluators compute
+    (so the report is the same), and every section is redone by the next ``bnonly analyze``."""
     x, y = hand_set_data()
     today = analyze_model(HandSet().eval(), Batches(x, y), init_state=HAND_SET_INIT, draws=3, seed=0)
     migrated = migrate(FORMAT_2_HANDSET)
     assert migrated["format"] == 3 and set(migrated["sections"]) == set(today)
-    for name, section in today.items():
-        assert migrated["sections"][name] == {**section, "seconds": None}, name
-    assert stale_sections(migrated["sections"], analysis_options(draws=3)) == []
+    assert {name: s["version"] for name, s in migrated["sections"].items()} == {name: 1 for name in today}
+    assert column_values(migrated) == column_values({"sections": today})
+    assert migrated["sections"]["affine"]["layers"][0]["channels"] == today["affine"]["layers"][0]["channels"]
+    assert stale_sections(migrated["sections"], analysis_options(draws=3)) == ["affine", "disabled", "ablation"]
     assert migrate(migrated) is migrated and migrate(None) is None
 
 
-def test_format_1_analysis_keeps_its_gamma_statistics_and_redoes_the_rest():
-    """Format 1 had no ReLU-fed split: readable (the split is None), but only γ/β is still fresh."""
+def test_format_1_analysis_still_reads():
+    """Format 1 had no ReLU-fed split: readable (the split is None), and redone like format 2."""
     old = {k: v for k, v in FORMAT_2_HANDSET.items()
            if k not in ("n_relu_fed_features", "n_dead_relu_fed", "fraction_dead_relu_fed")}
     old["version"] = 1
@@ -354,10 +392,11 @@ def test_format_1_analysis_keeps_its_gamma_statistics_and_redoes_the_rest():
     sections = migrate(old)["sections"]
     assert sections["disabled"]["version"] == sections["ablation"]["version"] == 0
     assert sections["disabled"]["fraction_dead_relu_fed"] is None and sections["disabled"]["fraction_dead"] == 0.5
-    assert stale_sections(sections, analysis_options(draws=3)) == ["disabled", "ablation"]
+    assert stale_sections(sections, analysis_options(draws=3)) == ["affine", "disabled", "ablation"]
 
 
-def test_a_model_fx_cannot_trace_is_analysed_without_the_split():
+def test_a_model_fx_cannot_trace_has_no_disabled_features_to_measure():
+    """Without a trace, which activation a layer feeds is unknown: not applicable, not a guess."""
     class DataDependent(HandSet):
         def forward(self, x):
             out = self.relu(self.bn(x))
@@ -365,9 +404,12 @@ def test_a_model_fx_cannot_trace_is_analysed_without_the_split():
 
     x, y = hand_set_data()
     sections = analyze_model(DataDependent().eval(), Batches(x, y), draws=2)
-    dis = sections["disabled"]
-    assert sections["ablation"]["by_destination"] is None and dis["fraction_dead_relu_fed"] is None
-    assert dis["layers"][0]["feeds_relu"] is None and dis["n_dead"] == 2
+    dis, ab = sections["disabled"], sections["ablation"]
+    assert dis["traced"] is False and dis["fraction_dead"] is None and dis["fraction_dead_relu_fed"] is None
+    assert dis["not_applicable"].startswith("fx could not trace the model (TraceError")
+    assert dis["layers"][0]["destination"] is None and dis["layers"][0]["n_dead"] is None
+    assert ab["not_applicable"] == dis["not_applicable"] and ab["by_destination"] is None
+    assert sections["affine"]["fraction_gamma_below"]["0.01"] == 0.5  # γ/β statistics need no trace
 
 
 def test_declarations_are_checked():
@@ -419,13 +461,16 @@ def test_analyze_a_finished_run_writes_json_and_figures(tmp_path):
     assert redone["affine"] == af and redone["disabled"] == dis and redone["ablation"]["draws"] == 3
 
 
-def test_analyze_rewrites_a_format_2_file_that_is_still_fresh_without_loading_the_run(tmp_path):
+def test_analyze_redoes_a_format_2_file_and_reuses_a_fresh_one_without_loading_the_run(tmp_path):
     summary = tiny_run(tmp_path, train="bn", epochs=1)
     run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
     (run_dir / "analysis.json").write_text(json.dumps(FORMAT_2_HANDSET))
-    (run_dir / "final.pt").unlink()  # loading the run would fail
     a = analyze_run(run_dir, draws=3, figures=False)
-    assert a == migrate(FORMAT_2_HANDSET) == json.loads((run_dir / "analysis.json").read_text())
+    assert {s["version"] for s in a["sections"].values()} == {2}
+    assert a["sections"]["affine"]["n_features"] == summary["bn_params"] // 2
+    assert a == json.loads((run_dir / "analysis.json").read_text())
+    (run_dir / "final.pt").unlink()  # loading the run would fail
+    assert analyze_run(run_dir, draws=3, figures=False) == a
 
 
 def test_analyze_cli_on_a_folder_of_runs_including_a_no_affine_run(tmp_path, capsys):

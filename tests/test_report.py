@@ -1,5 +1,7 @@
 """The report is generated here (and so in CI) from a few tiny runs: tables, figures, paper numbers,
-and the same report from analysis.json files of the previous format."""
+the same report from analysis.json files of the previous format, runs of other normalizers (and
+none, and an unknown model) grouped and marked "n/a" where an analysis does not apply, and the
+side-by-side comparison with the paper that runs at the paper's schedule get."""
 
 import json
 import shutil
@@ -7,13 +9,15 @@ import statistics
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from bnonly import paper_numbers as paper
-from bnonly.analysis import migrate
+from bnonly.analysis import column_values, migrate
 from bnonly.cli import main
 from bnonly.config import TrainConfig
-from bnonly.models import create_model
+from bnonly.models import MODEL_FAMILIES, create_model
 from bnonly.report import ReportError, make_report, model_shape, normalized
 from bnonly.rundir import atomic_write_json
 from bnonly.trainable import bn_param_count
@@ -90,6 +94,8 @@ def test_report_markdown_and_figures(reported):
     assert "`cifar_resnet_8_8` `output` seed 0: interrupted, no epoch done yet" in text
     assert "`cifar_resnet_20_8` `bn` seed 0: not started" in text
     assert "Not finished yet: 2 run(s)" in text
+    # One normalizer, one kind of BN statistics, a shortened schedule: no column for either, no side-by-side.
+    assert "| model | what trains | seeds | top-1 (%) |" in text and "At the paper's schedule" not in text
     # Published numbers appear with their source; the bn vs random comparison is filled in.
     assert "| deep ResNet, CIFAR-10, BN-only (ResNet-866) | 82.0% | [paper] abstract | not run here |" in text
     assert "cifar_resnet_8_8: bn " in text and "vs random:matched" in text
@@ -116,17 +122,20 @@ def test_report_cli_and_errors(reported, tmp_path, capsys):
 
 
 def as_format_2(a: dict) -> dict:
-    """The one flat object the format-2 code wrote for analysis ``a`` (``migrate`` undoes it)."""
+    """The one flat object the format-2 code wrote for (BatchNorm) analysis ``a``: ``migrate`` reads it
+    as version-1 sections holding the same numbers."""
     af, dis, ab = (a["sections"][k] for k in ("affine", "disabled", "ablation"))
-    runner = ("version", "options", "seconds")
-    flat = {k: v for k, v in a.items() if k not in ("format", "sections")}
+    runner = ("version", "options", "seconds", "not_applicable")
+    flat = {k: v for k, v in a.items() if k not in ("format", "sections", "bn_statistics")}
     flat.update({k: v for k, v in af.items() if k not in runner + ("layers",)})
-    flat.update({k: v for k, v in dis.items() if k not in runner + ("layers",)})
-    layers = [{**{k: v for k, v in la.items() if k != "channels"}, **{k: ld[k] for k in ("feeds_relu", "n_dead",
-               "fraction_dead")}, "channels": la["channels"] | ld["channels"]}
+    flat.update({k: v for k, v in dis.items()
+                 if k not in runner + ("layers", "traced", "norms", "criteria", "n_measured")})
+    layers = [{**{k: v for k, v in la.items() if k not in ("channels", "kind", "has_beta")},
+               "feeds_relu": ld["destination"] == "relu_fed", "n_dead": ld["n_dead"],
+               "fraction_dead": ld["fraction_dead"], "channels": la["channels"] | ld["channels"]}
               for la, ld in zip(af["layers"], dis["layers"])]
     flat.update(version=2, options=af["options"] | dis["options"] | ab["options"], layers=layers, seconds=1.0,
-                ablation={k: v for k, v in ab.items() if k not in runner})
+                ablation={k: v for k, v in ab.items() if k not in runner + ("norms",)})
     return flat
 
 
@@ -138,7 +147,7 @@ def test_report_of_format_2_analyses_is_the_same(reported, tmp_path):
     for path in runs.glob("*/analysis.json"):
         a = json.loads(path.read_text())
         old = as_format_2(a)
-        assert migrate(old)["sections"] == {k: {**s, "seconds": None} for k, s in a["sections"].items()}
+        assert column_values(migrate(old)) == column_values(a)
         path.write_text(json.dumps(old))
     assert make_report(runs, tmp_path / "old").read_text() == today
     assert pd.read_csv(tmp_path / "old" / "runs.csv").equals(pd.read_csv(tmp_path / "today" / "runs.csv"))
@@ -177,3 +186,125 @@ def test_paper_numbers_are_sourced_and_match_the_parameter_table():
         model = create_model(name, device="meta")
         assert paper.PARAM_COUNTS[name]["bn"] == bn_param_count(model)
         assert paper.PARAM_COUNTS[name]["all"] == sum(p.numel() for p in model.parameters())
+
+
+class NormNet(nn.Module):
+    """Tiny models of three normalizer cases: ``gn`` conv-GroupNorm-ReLU (a ResNet's stem);
+    ``vit`` patch tokens with a pre-norm LayerNorm feeding a linear layer, then a final LayerNorm
+    (no norm feeds an activation); ``none`` conv-ReLU, no normalizer."""
+
+    def __init__(self, norm: str, num_classes: int):
+        super().__init__()
+        self.norm = norm
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.n1 = nn.GroupNorm(2, 8) if norm == "gn" else nn.LayerNorm(8) if norm == "vit" else nn.Identity()
+        self.mix, self.n2 = nn.Linear(8, 8), nn.LayerNorm(8) if norm == "vit" else nn.Identity()
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        # NCHW: torch 2.13's CPU GroupNorm backward crashes on channels_last input that needs no gradient.
+        x = self.conv(x).contiguous()
+        if self.norm == "vit":
+            t = x.flatten(2).transpose(1, 2)
+            return self.fc(self.n2(t + self.mix(self.n1(t))).mean(1))
+        return self.fc(torch.relu(self.n1(x)).mean((2, 3)))
+
+
+@pytest.fixture
+def norm_family():
+    @MODEL_FAMILIES.register("normnet", regex=r"normnet_(?P<depth>[1-9]\d*)_(?P<norm>gn|vit|none)",
+                             patterns="normnet_D_gn|vit|none", num_classes=4, input_shape=(3, 16, 16),
+                             help="tiny GroupNorm, pre-norm LayerNorm and norm-free models, for the test",
+                             examples=["normnet_2_gn"])
+    def build(depth: str, norm: str, num_classes: int) -> nn.Module:
+        return NormNet(norm, num_classes)
+
+    yield
+    MODEL_FAMILIES.unregister("normnet")
+
+
+def test_runs_of_other_normalizers_are_grouped_and_marked_not_applicable(norm_family, reported, tmp_path):
+    """Runs are grouped and labelled by normalizer (from the model itself); where an analysis does
+    not apply (no norm feeds an activation; no norm at all) the report says n/a, and a model name no
+    registered family knows is reported as it is."""
+    runs = tmp_path / "runs"
+    shutil.copytree(next(reported["runs"].glob("cifar_resnet_8_8.bn.s0.*")), runs / "bn")
+    for model, spec in (("normnet_2_gn", "norm"), ("normnet_2_vit", "norm"), ("normnet_2_none", "all")):
+        train(TrainConfig(**TINY, model=model, train=spec, out=str(runs)), log=lambda *_: None)
+    mystery = runs / "mystery"
+    shutil.copytree(runs / "bn", mystery)
+    for name in ("summary.json", "config.json"):
+        (mystery / name).write_text((mystery / name).read_text().replace('"cifar_resnet_8_8"', '"mystery_net"'))
+    text = make_report(runs, tmp_path / "out", analyze=True, analyze_options=dict(draws=2, figures=False),
+                       log=lambda *_: None).read_text()
+    groups = pd.read_csv(tmp_path / "out" / "groups.csv", keep_default_na=False, na_values=[""])
+    assert dict(zip(groups["model"], groups["normalizer"])) == {
+        "cifar_resnet_8_8": "BatchNorm", "mystery_net": "unknown", "normnet_2_gn": "GroupNorm(2)",
+        "normnet_2_none": "none", "normnet_2_vit": "LayerNorm"}
+    assert dict(zip(groups["model"], groups["family"]))["mystery_net"] == "mystery_net"
+    assert model_shape("normnet_2_gn") == ("normnet", 2, None)
+    runs_csv = pd.read_csv(tmp_path / "out" / "runs.csv")
+    vit = runs_csv[runs_csv["model"] == "normnet_2_vit"].iloc[0]
+    assert vit["disabled_not_applicable"].startswith("no normalization layer's output reaches a ReLU-like activation")
+    assert "## What the normalization layers learned" in text
+    assert "| model | normalizer | what trains | seeds | top-1 (%) |" in text
+    rows = table_rows(text, "| model | normalizer | what trains | runs |")
+    gn, vit_row, none = rows["normnet_2_gn"], rows["normnet_2_vit"], rows["normnet_2_none"]
+    assert gn[1] == "GroupNorm(2)" and "n/a" not in gn
+    assert vit_row[1] == "LayerNorm" and vit_row[7:9] == ["n/a", "n/a"]  # disabled, disabled with β < 0
+    none_acc = runs_csv.loc[runs_csv["model"] == "normnet_2_none", "test_acc"].item()
+    assert none[4:9] == ["n/a"] * 5 and none[9] == f"{100 * none_acc:.1f}"  # γ and disabled n/a; accuracy kept
+    assert "- GELU" not in text and "- ReLU: the norm output is <= 0 at every position" in text
+
+
+def table_rows(text: str, header: str) -> dict[str, list[str]]:
+    """The cells of each row of the report.md table whose header starts with ``header``, by model."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def as_paper_schedule(run_dir, model: str, **summary_changes) -> None:
+    """Make a tiny run look like a 160-epoch run of ``model`` (the report reads only its files)."""
+    for name in ("summary.json", "config.json"):
+        d = json.loads((run_dir / name).read_text())
+        d.update(model=model, epochs=160.0)
+        if name == "summary.json":
+            d.update(summary_changes)
+        (run_dir / name).write_text(json.dumps(d))
+
+
+def test_runs_at_the_papers_schedule_get_the_paper_and_the_port_side_by_side(reported, tmp_path):
+    runs = tmp_path / "runs"
+    for pattern in ("cifar_resnet_8_8.bn.s0.*", "cifar_resnet_8_8.bn.s1.*", "cifar_resnet_8_8.all.s0.*"):
+        source = next(reported["runs"].glob(pattern))
+        shutil.copytree(source, runs / source.name)
+        recalibrated = {"bn_statistics": {"train": "batch", "eval": "recalibrated over 200 training batches"}}
+        as_paper_schedule(runs / source.name, "cifar_resnet_14", **(recalibrated if ".all." in pattern else {}))
+    text = make_report(runs, tmp_path / "out").read_text()
+    groups = pd.read_csv(tmp_path / "out" / "groups.csv", keep_default_na=False, na_values=[""]).set_index("train")
+    bn, full = groups.loc["bn"], groups.loc["all"]
+    section = text[text.index("## At the paper's schedule"):text.index("## Against the published numbers")]
+    mean, std = 100 * bn["test_acc_mean"], 100 * bn["test_acc_std"]
+    assert (f"| cifar_resnet_14 | `bn` | 0,1 | {mean:.1f} ± {std:.1f} | ≈47.7 | {mean - 47.7:+.1f} | 46.9 | "
+            f"{mean - 46.9:+.1f} |") in section
+    acc = 100 * full["test_acc_mean"]
+    assert (f"| cifar_resnet_14 | `all` | 0 | {acc:.1f} | ≈90.4 | {acc - 90.4:+.1f} | 89.9 | "
+            f"{acc - 89.9:+.1f} |") in section
+    dead, relu_fed = 100 * bn["fraction_dead_mean"], 100 * bn["fraction_dead_relu_fed_mean"]
+    assert (f"| cifar_resnet_14 | `bn` | 2 | {dead:.1f} ± {100 * bn['fraction_dead_std']:.1f} | "
+            f"{dead - 100 / 3:+.1f} | {relu_fed:.1f} ± {100 * bn['fraction_dead_relu_fed_std']:.1f} | "
+            f"{relu_fed - 100 / 3:+.1f} | ") in section
+    assert ("| disabled, all BNs | gap to ≈33% | disabled, ReLU-fed BNs | gap to ≈33% | acc | disabled zeroed |"
+            in section)
+    assert "- **Data**: `synthetic:train=128,test=64,classes=4,size=16`: the paper and the port" in section
+    assert "- **Seeds**: bnonly ran seed(s) 0 / 0,1 per configuration" in section
+    assert "read off a figure" in section and "- **BatchNorm statistics**: some runs" in section
+    assert "| BN statistics (train / eval) |" in text
+    assert "| cifar_resnet_14 | `all` | batch / recalibrated over 200 training batches | 0 |" in text

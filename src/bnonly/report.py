@@ -9,8 +9,14 @@ Writes into ``--out`` (default ``RUNS_DIR/report``)::
                            (marked as such), γ histograms, disabled fractions and the ablation
 
 Runs are grouped by model, what-trains spec and *variant*: the other identity fields of the
-config (epochs, lr, ...) that differ among the runs gathered, so runs of different recipes are
-never averaged together. γ/disabled-feature results come from each run's ``analysis.json``
+config (epochs, lr, bn_stats, ...) that differ among the runs gathered, so runs of different
+recipes are never averaged together. Each run's architecture (``family``, ``depth``, ``width``)
+comes from the MODEL_FAMILIES pattern its name matches, and its ``normalizer`` from the model
+itself (built on the meta device); tables and figures are ordered and split by them, and a name no
+registered family builds is reported as it is (family = the name, normalizer "unknown").
+At the paper's schedule (the recipe's 160 epochs) each configuration the paper has a number for
+gets bnonly's number, the paper's v1 figure's and the faithful port's side by side, with the
+disabled fractions and the ablation. γ/disabled-feature results come from each run's ``analysis.json``
 (``bnonly analyze``, or ``--analyze`` here; older formats are migrated when read): every column
 that a registered evaluator declares (:class:`bnonly.analysis.Column`) becomes a column of runs.csv
 and groups.csv and, if it has a label, of the report.md table it names.
@@ -21,7 +27,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +36,16 @@ import numpy as np
 from . import analysis as an
 from . import config as cfgmod
 from . import paper_numbers as paper
-from .models import cifar_resnet, imagenet_resnet
-from .rundir import RunDir, read_json
 from .errors import BnonlyError
+from .models import ModelNameError, cifar_resnet, create_model, family_of, imagenet_resnet
+from .rundir import RunDir, read_json
+from .sweep import expand, load_spec
 
 
 class ReportError(BnonlyError, ValueError):
     """Nothing to report on."""
 
 
-_MODEL = re.compile(r"(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_(?P<depth>\d+)(?:_(?P<width>\d+))?")
 _DEFAULT_WIDTH = {"cifar_resnet": cifar_resnet.DEFAULT_WIDTH, "imagenet_resnet": imagenet_resnet.DEFAULT_WIDTH}
 _NOT_VARIANT = {"model", "train", "seed", "selection_seed"} | set(cfgmod.IDENTITY_EXCLUDED)
 # Specs in the order tables and legends list them; others follow alphabetically.
@@ -50,12 +55,25 @@ _SETUP_FIELDS = ("data", "epochs", "schedule_epochs", "milestones", "lr", "lr_ga
 
 
 def model_shape(name: str) -> tuple[str, int | None, int | None]:
-    """(family, depth, width) parsed from a model name; unknown names give (name, None, None)."""
-    m = _MODEL.fullmatch(name)
-    if not m:
+    """(family, depth, width) of a model name: the MODEL_FAMILIES family whose pattern it matches and
+    that pattern's ``depth`` and ``width`` groups (None where it has none); a name no family
+    matches gives (name, None, None)."""
+    try:
+        family = family_of(name)
+    except ModelNameError:
         return name, None, None
-    width = int(m["width"]) if m["width"] else _DEFAULT_WIDTH.get(m["family"])
-    return m["family"], int(m["depth"]), width
+    groups = family.regex.fullmatch(name).groupdict()
+    depth, width = (int(g) if g and g.isdigit() else None for g in (groups.get("depth"), groups.get("width")))
+    return family.name, depth, width if width is not None else _DEFAULT_WIDTH.get(family.name)
+
+
+def model_normalizer(name: str) -> str:
+    """The model's normalizers (:func:`bnonly.analysis.normalizer_name` of it, built on the meta
+    device): "BatchNorm", "GroupNorm(8)", "none", ...; "unknown" for a name no family builds."""
+    try:
+        return an.normalizer_name(create_model(name, device="meta"))
+    except ModelNameError:
+        return "unknown"
 
 
 def _spec_key(spec: str):
@@ -68,19 +86,24 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
     """One row per finished run below ``root`` (with the numbers the registered evaluators declare),
     run -> its analysis.json (when present, in today's format), and each run's config.json (in row order)."""
     root = Path(root)
-    rows, analyses, configs = [], {}, []
+    rows, analyses, configs, normalizers = [], {}, [], {}
     for path in an.finished_runs(root):
         run = RunDir(path)
         summary, cfg = run.read_summary(), read_json(run.config) or {}
         family, depth, width = model_shape(summary["model"])
+        if summary["model"] not in normalizers:
+            normalizers[summary["model"]] = model_normalizer(summary["model"])
+        bn_statistics = summary.get("bn_statistics") or an.PRE_RECORD_BN_STATISTICS
         name = str(path.relative_to(root)) if path != root else path.name
         row = dict(
-            run=name, model=summary["model"], family=family, depth=depth, width=width, train=summary["train"],
+            run=name, model=summary["model"], family=family, depth=depth, width=width,
+            normalizer=normalizers[summary["model"]], train=summary["train"],
             seed=summary["seed"], epochs=cfg.get("epochs"), schedule_epochs=cfg.get("schedule_epochs"),
             data=cfg.get("data"), test_acc=summary["test_acc"], test_top5=summary.get("test_top5"),
             trainable_params=summary.get("trainable_params"), total_params=summary.get("total_params"),
             bn_params=summary.get("bn_params"), wall_seconds=summary.get("wall_seconds"),
             images_per_second=summary.get("images_per_second"), device=summary.get("device"),
+            bn_train=bn_statistics["train"], bn_eval=bn_statistics["eval"],
         )
         a = an.read_analysis(path)
         row["analyzed"] = a is not None
@@ -136,8 +159,6 @@ def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[d
         out.append(dict(run=run.path.name, model=cfg.get("model"), train=cfg.get("train"), seed=cfg.get("seed"),
                         status=status))
     if sweep_file is not None:
-        from .sweep import expand, load_spec
-
         for cfg in expand(load_spec(sweep_file), out=str(root)):
             if cfg.run_name not in seen and not RunDir(Path(root) / cfg.run_name).is_done():
                 out.append(dict(run=cfg.run_name, model=cfg.model, train=cfg.train, seed=cfg.seed,
@@ -154,11 +175,40 @@ class ReportColumn:
     table: str
     spread: str | None
     unit: str
+    evaluator: str
 
 
-def report_columns(analyses: list[dict]) -> list[ReportColumn]:
+@dataclass(frozen=True)
+class Wording:
+    """How the report names what was analysed: the paper's words (BN, ReLU) where every analysed
+    layer is a BatchNorm whose disabled features are measured for a ReLU, general ones otherwise."""
+
+    norms: str                      # "BNs" or "norms" (bnonly.analysis.norms_word)
+    relu_bns: bool                  # the paper's case
+    criteria: dict[str, str]        # activation -> its criterion, for the activations the analysed layers feed
+    show_normalizer: bool           # the runs differ in normalizer: tables get a column for it
+
+    @property
+    def word(self) -> str:
+        return "BN" if self.norms == "BNs" else "norm"
+
+    @classmethod
+    def of(cls, df, analyses: dict[str, dict]) -> Wording:
+        norms = an.norms_word(k for n in df.loc[df["analyzed"], "normalizer"] for k in n.split("+"))
+        criteria, measured_all = {}, True
+        for a in analyses.values():
+            dis = a["sections"].get("disabled") or {}
+            # Version-1 sections analysed BatchNorms only, each for a ReLU.
+            criteria.update(dis.get("criteria", {"relu": an.ACTIVATIONS["relu"].criterion}))
+            measured_all &= dis.get("n_measured", dis.get("n_features")) == dis.get("n_features")
+        return cls(norms, norms == "BNs" and set(criteria) <= {"relu"} and measured_all, criteria,
+                   df["normalizer"].nunique() > 1)
+
+
+def report_columns(analyses: list[dict], norms: str = "BNs") -> list[ReportColumn]:
     """The columns the registered evaluators declare, over the keys the ``analyses`` hold, in
-    declaration order; consecutive family columns of one evaluator are laid out key by key."""
+    declaration order; consecutive family columns of one evaluator are laid out key by key.
+    ``{norms}`` in a label reads ``norms`` (:func:`bnonly.analysis.norms_word`)."""
     out = []
     for entry in an.EVALUATORS.entries():
         sections = [a["sections"][entry.name] for a in analyses if entry.name in a["sections"]]
@@ -167,13 +217,16 @@ def report_columns(analyses: list[dict]) -> list[ReportColumn]:
         for family, group in itertools.groupby(entry.obj.columns, key=lambda c: c.family):
             group = list(group)
             if not family:
-                out += [ReportColumn(c.name, c.label, c.table, c.spread, c.unit) for c in group]
+                out += [ReportColumn(c.name, c.label.replace("{norms}", norms), c.table, c.spread, c.unit,
+                                     entry.name) for c in group]
                 continue
             keys = list(dict.fromkeys(k for c in group for s in sections for k in (c.get(s) or {})))
             if group[0].key_order is not None:
                 keys.sort(key=group[0].key_order)
-            out += [ReportColumn(c.name.replace("{key}", k), c.label.replace("{key}", c.key_label(k)), c.table,
-                                 c.spread and c.spread.replace("{key}", k), c.unit) for k in keys for c in group]
+            out += [ReportColumn(c.name.replace("{key}", k),
+                                 c.label.replace("{key}", c.key_label(k)).replace("{norms}", norms), c.table,
+                                 c.spread and c.spread.replace("{key}", k), c.unit, entry.name)
+                    for k in keys for c in group]
     return out
 
 
@@ -184,25 +237,33 @@ def _number(v) -> float:
 
 def aggregate(df, columns: list[ReportColumn]):
     """Model x what-trains x variant: mean and std (over seeds) of every number of a run: accuracy,
-    wall time and the evaluators' ``columns``."""
+    wall time and the evaluators' ``columns``; and, for an evaluator that does not apply to the
+    model, why (``<evaluator>_not_applicable``, where it does not apply to any analysed run).
+    Ordered by family, normalizer, width, depth, what trains and variant."""
     import pandas as pd
 
     value_cols = ["test_acc", "test_top5", "wall_seconds"] + [c.name for c in columns]
+    reasons = [c for c in df.columns if c in {an.not_applicable_column(e) for e in an.EVALUATORS}]
     groups = []
     for (model, train, variant), g in df.groupby(["model", "train", "variant"], sort=False):
         first = g.iloc[0]
         row = dict(model=model, train=train, variant=variant, family=first["family"], depth=first["depth"],
-                   width=first["width"], n=len(g), seeds=",".join(str(s) for s in sorted(g["seed"])),
-                   n_analyzed=int(g["analyzed"].sum()), trainable_params=int(first["trainable_params"]),
-                   total_params=int(first["total_params"]), epochs=first["epochs"])
+                   width=first["width"], normalizer=first["normalizer"], n=len(g),
+                   seeds=",".join(str(s) for s in sorted(g["seed"])), n_analyzed=int(g["analyzed"].sum()),
+                   trainable_params=int(first["trainable_params"]), total_params=int(first["total_params"]),
+                   epochs=first["epochs"], schedule_epochs=first["schedule_epochs"], bn_train=first["bn_train"],
+                   bn_eval=first["bn_eval"])
         for c in value_cols:
             values = g[c].dropna().astype(float)
             row[f"{c}_mean"] = values.mean() if len(values) else math.nan
             row[f"{c}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        analysed = g[g["analyzed"]]
+        for c in reasons:
+            row[c] = analysed[c].iloc[0] if len(analysed) and analysed[c].notna().all() else None
         groups.append(row)
     out = pd.DataFrame(groups)
-    out["_order"] = [(str(f), _number(w), _number(d), _spec_key(t), v)
-                     for f, w, d, t, v in zip(out["family"], out["width"], out["depth"], out["train"], out["variant"])]
+    out["_order"] = [(str(f), str(n), _number(w), _number(d), _spec_key(t), v) for f, n, w, d, t, v in zip(
+        out["family"], out["normalizer"], out["width"], out["depth"], out["train"], out["variant"])]
     return out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
@@ -266,43 +327,50 @@ def _set_int_ticks(ax, values):
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _has_paper_depths(family: str, width) -> bool:
-    """PAPER.md's CIFAR-10 numbers are for CIFAR ResNets of the default width."""
-    return family == "cifar_resnet" and width == cifar_resnet.DEFAULT_WIDTH
+def _has_paper_depths(family: str, normalizer: str, width) -> bool:
+    """PAPER.md's CIFAR-10 numbers are for CIFAR ResNets with BatchNorm of the default width."""
+    return family == "cifar_resnet" and normalizer == "BatchNorm" and width == cifar_resnet.DEFAULT_WIDTH
+
+
+def _with_normalizer(title: str, normalizer: str) -> str:
+    """A panel title, naming the normalizer where it is not the paper's BatchNorm."""
+    return title if normalizer == "BatchNorm" else f"{title}, normalizer {normalizer}"
 
 
 def fig_accuracy_vs_depth(plt, groups, colors, path: Path) -> Path | None:
-    """One panel per (family, width) with at least two depths, or with published numbers to compare."""
-    panels = [(k, g) for k, g in groups.groupby(["family", "width"], sort=True)
+    """One panel per (family, normalizer, width) with at least two depths, or with published numbers to compare."""
+    panels = [(k, g) for k, g in groups.groupby(["family", "normalizer", "width"], sort=True)
               if g["depth"].nunique() > 1 or _has_paper_depths(*k)]
     if not panels:
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.8 * len(panels)), squeeze=False)
-    for ax, ((family, width), g) in zip(axes[:, 0], panels):
+    for ax, ((family, normalizer, width), g) in zip(axes[:, 0], panels):
         _draw_groups(ax, g, "depth", colors)
         depths = list(g["depth"])
-        if _has_paper_depths(family, width):
+        if _has_paper_depths(family, normalizer, width):
             points = [(model_shape(p.model)[1], p) for p in paper.numbers("top1", "CIFAR-10") if p.model]
             _draw_paper(ax, points, colors)
             depths += [x for x, _ in points]
         ax.set_xscale("log")
         _set_int_ticks(ax, depths)
-        _finish(ax, "depth (layers, log scale)", f"Accuracy against depth: {family}, width {width}")
+        _finish(ax, "depth (layers, log scale)",
+                _with_normalizer(f"Accuracy against depth: {family}, width {width}", normalizer))
     return _save(plt, fig, path)
 
 
 def fig_accuracy_vs_width(plt, groups, colors, path: Path) -> Path | None:
-    """One panel per (family, depth) with at least two widths (PAPER.md has no width numbers)."""
-    panels = [(k, g) for k, g in groups.groupby(["family", "depth"], sort=True) if g["width"].nunique() > 1]
+    """One panel per (family, normalizer, depth) with at least two widths."""
+    panels = [(k, g) for k, g in groups.groupby(["family", "normalizer", "depth"], sort=True)
+              if g["width"].nunique() > 1]
     if not panels:
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.5 * len(panels)), squeeze=False)
-    for ax, ((family, depth), g) in zip(axes[:, 0], panels):
+    for ax, ((family, normalizer, depth), g) in zip(axes[:, 0], panels):
         _draw_groups(ax, g, "width", colors)
         ax.set_xscale("log", base=2)
         _set_int_ticks(ax, g["width"])
         _finish(ax, "width W (channels of the first stage, log scale)",
-                f"Accuracy against width: {family}, depth {depth}")
+                _with_normalizer(f"Accuracy against width: {family}, depth {depth}", normalizer))
     return _save(plt, fig, path)
 
 
@@ -320,7 +388,7 @@ def _pooled(analyses: list[dict], key: str) -> np.ndarray:
     return np.concatenate([an.channels(a["sections"]["affine"], key) for a in analyses]) if analyses else np.zeros(0)
 
 
-def fig_gamma_histograms(plt, df, analyses, colors, path: Path, max_panels: int = 4) -> Path | None:
+def fig_gamma_histograms(plt, df, analyses, colors, path: Path, norms: str = "BNs", max_panels: int = 4) -> Path | None:
     """Per model: the γ of every spec that trains γ, pooled over seeds, and the initial γ."""
     panels = []
     for model, g in df[df["analyzed"]].groupby("model", sort=False):
@@ -329,7 +397,7 @@ def fig_gamma_histograms(plt, df, analyses, colors, path: Path, max_panels: int 
             runs = [analyses[r] for r in gs["run"]]
             affines = [a["sections"]["affine"] for a in runs]
             if any(np.any(an.channels(s, "gamma") != an.channels(s, "init_gamma")) for s in affines
-                   if "init_gamma" in s["layers"][0]["channels"]):
+                   if s["layers"] and "init_gamma" in s["layers"][0]["channels"]):
                 trained[_label(train, variant)] = runs
         if trained:
             panels.append((model, trained))
@@ -350,7 +418,8 @@ def fig_gamma_histograms(plt, df, analyses, colors, path: Path, max_panels: int 
             ax.hist(v, bins=bins, weights=np.full(len(v), 100 / len(v)), histtype="step", lw=2, color=colors[label],
                     label=f"{label} ({len(trained[label])} run(s), {len(v)} features)")
         ax.set_yscale("log")
-        ax.set(xlabel="γ (BatchNorm scale, unitless)", ylabel="share of the spec's features (%, log scale)",
+        ax.set(xlabel=f"γ ({'BatchNorm' if norms == 'BNs' else 'normalization'} scale, unitless)",
+               ylabel="share of the spec's features (%, log scale)",
                title=f"Learned γ, {model}: specs that train γ")
         ax.legend(fontsize=8)
     return _save(plt, fig, path)
@@ -360,7 +429,9 @@ def _group_label(row) -> str:
     return f"{row['model']}\n{_label(row['train'], row['variant'])}"
 
 
-def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) -> Path | None:
+def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path, relu_bns: bool = True) -> Path | None:
+    """Small-γ and disabled fractions per group; ``relu_bns``: every analysed layer is a BatchNorm
+    whose disabled features are measured for a ReLU (the paper's case, and its wording)."""
     g = groups[groups["n_analyzed"] > 0]
     if g.empty:
         return None
@@ -368,10 +439,14 @@ def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) ->
     shares = " / ".join(f"{100 * s:g}%" for s in sorted(set(dead_shares)))
     blues = plt.get_cmap("Blues")
     bars = [(f"|γ| < {t}", f"gamma_below_{t}", blues(0.35 + 0.55 * i / max(1, len(thresholds) - 1)))
-            for i, t in enumerate(thresholds)] + [(f"disabled (ReLU output zero for ≥ {shares} of test inputs)",
-                                                    "fraction_dead", "k")]
+            for i, t in enumerate(thresholds)] + [(
+        f"disabled (ReLU output zero for ≥ {shares} of test inputs)" if relu_bns else
+        f"disabled (activation output ≈ 0 for ≥ {shares} of test inputs, among the measured features)",
+        "fraction_dead", "k")]
     if "fraction_dead_relu_fed_mean" in g and g["fraction_dead_relu_fed_mean"].notna().any():
-        bars.append(("disabled, among the features of BNs that feed a ReLU", "fraction_dead_relu_fed", "C1"))
+        bars.append(("disabled, among the features of BNs that feed a ReLU" if relu_bns else
+                     "disabled, among the features of layers that feed a ReLU-like activation",
+                     "fraction_dead_relu_fed", "C1"))
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(8, 1.5 * len(g) + 2), 5.5))
     several_seeds = bool((g["n_analyzed"] > 1).any())
@@ -383,14 +458,14 @@ def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path) ->
                label=f"{claim.source} BN-only disables 'around a third'")
     ax.set_xticks(x + 0.4 - width / 2, [_group_label(r) for _, r in g.iterrows()], fontsize=8)
     highest = max(100 * (g[f"{col}_mean"] + g[f"{col}_std"].fillna(0)).max() for _, col, _ in bars)
-    ax.set(ylabel="BN features (%)", ylim=(0, min(100, max(40, 1.15 * highest))),
+    ax.set(ylabel="BN features (%)" if relu_bns else "features (%)", ylim=(0, min(100, max(40, 1.15 * highest))),
            title="Small γ and disabled features (mean ± std over seeds)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     return _save(plt, fig, path)
 
 
-def fig_ablation(plt, groups, path: Path) -> Path | None:
+def fig_ablation(plt, groups, path: Path, word: str = "BN") -> Path | None:
     g = groups[groups["n_analyzed"] > 0]
     if g.empty:
         return None
@@ -402,9 +477,9 @@ def fig_ablation(plt, groups, path: Path) -> Path | None:
     ax.bar(x + 2 * width, 100 * g["ablation_random_zeroed_acc_mean_mean"], width,
            yerr=100 * g["ablation_random_zeroed_acc_std_mean"], capsize=3, color="C7",
            label="as many random features zeroed (error bar: std over draws)")
-    ax.set_xticks(x + width, [f"{_group_label(r)}\n{r['ablation_n_zeroed_mean']:.0f} zeroed" for _, r in g.iterrows()],
-                  fontsize=8)
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="Ablation: zeroing disabled vs random BN features "
+    zeroed = ["n/a" if n != n else f"{n:.0f} zeroed" for n in g["ablation_n_zeroed_mean"]]
+    ax.set_xticks(x + width, [f"{_group_label(r)}\n{z}" for (_, r), z in zip(g.iterrows(), zeroed)], fontsize=8)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"Ablation: zeroing disabled vs random {word} features "
                                                             "(mean over seeds)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
@@ -468,7 +543,8 @@ def _paper_rows(groups) -> list[list]:
             r = by[(p.model, p.train)]
             here = f"{_pct(r['test_acc_mean'], r['test_acc_std'])}% ({r['n']} seed(s), {r['epochs']:g} epochs)"
         elif p.metric == "fraction_disabled":
-            found = [f"{m}: {_pct(r['fraction_dead_mean'], r['fraction_dead_std'])}%"
+            found = [f"{m}: n/a" if _not_applicable(r, "disabled") else
+                     f"{m}: {_pct(r['fraction_dead_mean'], r['fraction_dead_std'])}%"
                      for (m, t), r in by.items() if t == "bn" and r["n_analyzed"]]
             here = "; ".join(found) or here
         rows.append([p.claim, value, f"{p.source} {p.where}", here])
@@ -486,8 +562,94 @@ def _paper_rows(groups) -> list[list]:
     return rows
 
 
+#: Published per-configuration numbers shown side by side with bnonly's at the paper's schedule.
+_SIDE_BY_SIDE = ("[paper v1 figure]", "[port]")
+#: Known copies of the data, and how they differ from the paper's original CIFAR-10 images.
+_KNOWN_DATA = {"cifar10-jpeg": "the shared copy of the full CIFAR-10 (50,000 train / 10,000 test images) stored as "
+                               "JPEG at quality 75, about 30.5 dB PSNR against the originals (PAPER.md's data note); "
+                               "the paper and the port trained on the original images"}
+
+
+def _at_paper_schedule(groups) -> list[tuple]:
+    """(group, {source: PaperNumber}) for each group trained for the recipe's whole 160 epochs
+    (the paper's CIFAR-10 schedule: TrainConfig's defaults) that the paper's v1 figure or the
+    faithful port has a number for."""
+    full = cfgmod.FIELD_DEFAULTS["epochs"], cfgmod.FIELD_DEFAULTS["schedule_epochs"]
+    out = []
+    for _, r in groups.iterrows():
+        published = {p.source: p for p in paper.for_model(r["model"], r["train"]) if p.source in _SIDE_BY_SIDE}
+        if published and (r["epochs"], r["schedule_epochs"]) == full:
+            out.append((r, published))
+    return out
+
+
+def _gap(mean, published) -> str:
+    return "—" if published is None or mean != mean else f"{100 * (mean - published):+.1f}"
+
+
+def _side_by_side(groups, configs: list[dict], wording: Wording) -> list[str]:
+    """At the paper's schedule: bnonly's accuracy next to the paper's (v1 figure) and the port's,
+    the disabled fractions against "around a third", the ablation, and what differs from the paper.
+    Nothing for runs on a shortened schedule (no published number is for one)."""
+    found = _at_paper_schedule(groups)
+    if not found:
+        return []
+    md = ["## At the paper's schedule: bnonly, the paper and the port side by side", "",
+          f"Configurations trained for the paper's whole {cfgmod.FIELD_DEFAULTS['epochs']:g}-epoch schedule that "
+          "PAPER.md has a per-configuration number for. Top-1 test accuracy in %; bnonly: mean ± std over seeds "
+          "(one seed: no std); gap = bnonly's mean minus the published number, in points. "
+          f"[paper v1 figure]: {paper.SOURCES['[paper v1 figure]']} (≈, approximate). "
+          f"[port]: {paper.SOURCES['[port]']}.", ""]
+    rows = []
+    for r, published in found:
+        v1, port = published.get("[paper v1 figure]"), published.get("[port]")
+        rows.append([r["model"], f"`{_label(r['train'], r['variant'])}`", r["seeds"],
+                     _pct(r["test_acc_mean"], r["test_acc_std"]),
+                     f"≈{100 * v1.value:.1f}" if v1 else "—", _gap(r["test_acc_mean"], v1 and v1.value),
+                     f"{100 * port.value:.1f}" if port else "—", _gap(r["test_acc_mean"], port and port.value)])
+    md += [_table(["model", "what trains", "seeds", "bnonly top-1 (%)", "[paper v1 figure] (%)", "gap",
+                   "[port] (%)", "gap"], rows), ""]
+    claim = paper.numbers("fraction_disabled")[0]
+    analysed = [r for r, _ in found if r["n_analyzed"]]
+    if analysed:
+        third = f"≈{100 * claim.value:.0f}%"
+        md += [f"Disabled features against {claim.source} {claim.where}, which states no criterion, and the "
+               f"ablation. Disabled: in % of all {wording.norms} and of the ReLU-fed ones "
+               "(see *What BatchNorm learned* for the criterion), mean ± std over seeds; gap in points to "
+               f"{third}. Ablation: test accuracy (%) with nothing zeroed, with the disabled features zeroed "
+               f"(all {wording.norms}; then only the ReLU-fed and only the residual-side ones), and with as many "
+               "random features zeroed (mean ± std over draws, averaged over seeds).", ""]
+        rows = [[r["model"], f"`{_label(r['train'], r['variant'])}`", r["n_analyzed"],
+                 _pct(r["fraction_dead_mean"], r["fraction_dead_std"]), _gap(r["fraction_dead_mean"], claim.value),
+                 _pct(r.get("fraction_dead_relu_fed_mean"), r.get("fraction_dead_relu_fed_std")),
+                 _gap(r.get("fraction_dead_relu_fed_mean", math.nan), claim.value),
+                 _pct(r["ablation_baseline_acc_mean"]), _pct(r["ablation_disabled_zeroed_acc_mean"]),
+                 _pct(r.get("ablation_relu_fed_disabled_zeroed_acc_mean")),
+                 _pct(r.get("ablation_other_disabled_zeroed_acc_mean")),
+                 _pct(r["ablation_random_zeroed_acc_mean_mean"], r["ablation_random_zeroed_acc_std_mean"])]
+                for r in analysed]
+        md += [_table(["model", "what trains", "runs", f"disabled, all {wording.norms}", f"gap to {third}",
+                       f"disabled, ReLU-fed {wording.norms}", f"gap to {third}", "acc", "disabled zeroed",
+                       "ReLU-fed disabled zeroed", "residual-side disabled zeroed", "as many random zeroed"], rows), ""]
+    md += ["What differs from the paper:", ""]
+    for data in sorted({c["data"] for c in configs if c["epochs"] == cfgmod.FIELD_DEFAULTS["epochs"]}):
+        md.append(f"- **Data**: `{data}`: " + _KNOWN_DATA.get(Path(data).name, "the paper and the port trained on "
+                                                                          "the original CIFAR-10 images") + ".")
+    seeds = sorted({r["seeds"] for r, _ in found})
+    md += [f"- **Seeds**: bnonly ran seed(s) {' / '.join(seeds)} per configuration (std over seeds where there are "
+           "several); the port's numbers are single runs, and the v1 figure does not say how many runs each point "
+           "averages.",
+           "- **The paper's numbers are read off a figure**: the first version's (arXiv v1, Feb 2020, whose abstract "
+           "says 83% for ResNet-866; the final version says 82%), about ±1 point; the final version's per-depth "
+           "numbers could not be read. The port's are printed numbers."]
+    if any((r["bn_train"], r["bn_eval"]) != tuple(an.PRE_RECORD_BN_STATISTICS.values()) for r, _ in found):
+        md.append("- **BatchNorm statistics**: some runs here did not train with batch statistics and evaluate with "
+                  "the running averages, as the paper did: see the *BN statistics* column above.")
+    return md + [""]
+
+
 def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict],
-                    note: str | None, command: str | None, columns: list[ReportColumn]) -> str:
+                    note: str | None, command: str | None, columns: list[ReportColumn], wording: Wording) -> str:
     md = [f"# {title}", ""]
     if note:
         md += [note.strip(), ""]
@@ -505,14 +667,21 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     md += ["## Accuracy per model × what trains", "",
            "Test accuracy in %, mean ± std over seeds (std with one seed: none).", ""]
     has_variant = bool(groups["variant"].str.len().max())
-    headers = ["model", "what trains"] + (["variant"] if has_variant else []) + [
+    # Columns shown only where the runs differ in them (one normalizer, one kind of BN statistics: neither).
+    show_normalizer = wording.show_normalizer
+    bn_statistics = groups["bn_train"] + " / " + groups["bn_eval"]
+    show_bn = bn_statistics.nunique() > 1
+    headers = ["model"] + (["normalizer"] if show_normalizer else []) + ["what trains"] + (
+        ["variant"] if has_variant else []) + (["BN statistics (train / eval)"] if show_bn else []) + [
         "seeds", "top-1 (%)", "top-5 (%)", "trainable params", "of all params"]
     rows = []
-    for _, r in groups.iterrows():
-        rows.append([r["model"], f"`{r['train']}`"] + ([r["variant"]] if has_variant else []) + [
+    for (_, r), stats in zip(groups.iterrows(), bn_statistics):
+        rows.append([r["model"]] + ([r["normalizer"]] if show_normalizer else []) + [f"`{r['train']}`"] + (
+            [r["variant"]] if has_variant else []) + ([stats] if show_bn else []) + [
             r["seeds"], _pct(r["test_acc_mean"], r["test_acc_std"]), _pct(r["test_top5_mean"], r["test_top5_std"]),
             f"{r['trainable_params']:,}", f"{100 * r['trainable_params'] / r['total_params']:.2f}%"])
     md += [_table(headers, rows), ""]
+    md += _side_by_side(groups, configs, wording)
 
     md += ["## Against the published numbers", "",
            "Published numbers are for full-length training (the paper's framework: 160 epochs) on the original "
@@ -531,26 +700,44 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     md += _figure(figures, "params", "Accuracy against the number of trainable parameters (log scale); published "
                   "numbers placed at PAPER.md's parameter counts.", "")
 
-    md += ["## What BatchNorm learned", ""]
+    md += ["## What BatchNorm learned" if wording.norms == "BNs" else "## What the normalization layers learned", ""]
     analyzed = groups[groups["n_analyzed"] > 0]
     if analyzed.empty:
         md += ["No run has an analysis.json yet: run `bnonly analyze RUNS_DIR` (or `bnonly report --analyze`).", ""]
     else:
-        share = sorted(set(df["dead_share"].dropna()))
-        md += [f"A feature (one BN channel) is *disabled* when ReLU(BN output) is zero everywhere for at least "
-               f"{' / '.join(f'{100 * s:g}%' for s in share)} of test inputs (see the README's analysis section). "
-               f"Fractions in % of all BN features, mean ± std over seeds.", ""]
-        md += _columns_table(analyzed, columns, "learned", runs=True)
-        md += ["Ablation columns: test accuracy (%) with nothing zeroed, with the disabled features' BN outputs "
-               "zeroed, and with as many randomly chosen BN features zeroed (mean ± std over the random draws, "
-               "averaged over seeds).", ""]
-        split = _columns_table(analyzed, columns, "by_destination")
-        if split:
+        share = " / ".join(f"{100 * s:g}%" for s in sorted(set(df["dead_share"].dropna())))
+        if wording.relu_bns:
+            md += [f"A feature (one BN channel) is *disabled* when ReLU(BN output) is zero everywhere for at least "
+                   f"{share} of test inputs (see the README's analysis section). "
+                   f"Fractions in % of all BN features, mean ± std over seeds.", ""]
+        else:
+            md += [f"A feature (one channel of a normalization layer; one hidden unit of a LayerNorm or RMSNorm over "
+                   f"features) is *disabled* when it is off for at least {share} of test inputs: its output is at "
+                   f"most the threshold of the ReLU-like activation it feeds at every position of the input (every "
+                   f"pixel; every token of a sequence). The criterion for each activation the analysed layers feed:",
+                   ""] + [f"- {criterion}." for criterion in wording.criteria.values()] + [
+                   "", "Where a layer's output reaches no ReLU-like activation, directly or through a residual sum "
+                   "(a ViT's pre-norm LayerNorm feeds attention and linear layers), disabled features are not "
+                   "measured: **n/a** below, with the reason in analysis.json; fractions are in % of the measured "
+                   "features, mean ± std over seeds.", ""]
+        md += _columns_table(analyzed, columns, "learned", runs=True, normalizer=wording.show_normalizer)
+        md += [f"Ablation columns: test accuracy (%) with nothing zeroed, with the disabled features' {wording.word} "
+               f"outputs zeroed, and with as many randomly chosen {wording.word} features zeroed (mean ± std over "
+               "the random draws, averaged over seeds).", ""]
+        split = _columns_table(analyzed, columns, "by_destination", normalizer=wording.show_normalizer)
+        if split and wording.relu_bns:
             md += ["The same, split by where each BN's output goes. A *ReLU-fed* BN's output goes only into a ReLU "
                    "(found by tracing the model), so its disabled features are zero after the ReLU already; the "
                    "*other* BNs (in a ResNet: each block's second BN and its shortcut BN) feed the residual sum, "
                    "where zeroing a disabled feature removes a negative contribution. Random draws are taken within "
                    "the same kind of BN. Accuracies in %, averaged over seeds.", ""] + split
+        elif split:
+            md += ["The same, split by where each layer's output goes (found by tracing the model). A *ReLU-fed* "
+                   "layer's output goes only into a ReLU-like activation, so its disabled features are (about) zero "
+                   "after the activation already; the *other* layers (in a ResNet: each block's second norm and its "
+                   "shortcut norm) reach it through the residual sum, where zeroing a disabled feature removes a "
+                   "negative contribution. Random draws are taken within the same kind of layer. Accuracies in %, "
+                   "averaged over seeds.", ""] + split
         md += _figure(figures, "gamma", "Learned γ (log-scale counts), pooled over seeds, for every spec that trains "
                       "γ, over the initial γ of one run.", "No analysed run trains γ.")
         md += _figure(figures, "disabled", "Small-γ and disabled fractions per model × what trains; the dashed line "
@@ -566,24 +753,35 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     return "\n".join(md)
 
 
+def _not_applicable(r, evaluator: str) -> bool:
+    """Whether ``evaluator``'s analysis does not apply to group ``r``'s model (a reason is recorded)."""
+    return isinstance(r.get(an.not_applicable_column(evaluator)), str)
+
+
 def _cell(r, c: ReportColumn) -> str:
-    """A group's value of column ``c``: its mean over seeds, with the spread ``c`` declares."""
+    """A group's value of column ``c``: its mean over seeds, with the spread ``c`` declares; "n/a"
+    where ``c``'s evaluator does not apply to the model."""
     mean = r[f"{c.name}_mean"]
+    if mean != mean and _not_applicable(r, c.evaluator):
+        return "n/a"
     if c.unit == "count":
         return "–" if mean != mean else f"{mean:.0f}"
     spread = r[f"{c.name}_std"] if c.spread == "seeds" else math.nan if c.spread is None else r[f"{c.spread}_mean"]
     return _pct(mean, spread)
 
 
-def _columns_table(analyzed, columns: list[ReportColumn], table: str, runs: bool = False) -> list[str]:
+def _columns_table(analyzed, columns: list[ReportColumn], table: str, runs: bool = False,
+                   normalizer: bool = False) -> list[str]:
     """The report.md table ``table``: one row per analysed group, one column per labelled column that
-    names it (none if no group has a number in any of them); ``runs`` adds the analysed-run count."""
+    names it (none if no group has a number in any of them); ``runs`` adds the analysed-run count,
+    ``normalizer`` the normalizer column."""
     shown = [c for c in columns if c.label and c.table == table]
     if not any(analyzed[f"{c.name}_mean"].notna().any() for c in shown):
         return []
-    headers = ["model", "what trains"] + (["runs"] if runs else []) + [c.label for c in shown]
-    rows = [[r["model"], f"`{_label(r['train'], r['variant'])}`"] + ([r["n_analyzed"]] if runs else [])
-            + [_cell(r, c) for c in shown] for _, r in analyzed.iterrows()]
+    headers = ["model"] + (["normalizer"] if normalizer else []) + ["what trains"] + (["runs"] if runs else []) + [
+        c.label for c in shown]
+    rows = [[r["model"]] + ([r["normalizer"]] if normalizer else []) + [f"`{_label(r['train'], r['variant'])}`"]
+            + ([r["n_analyzed"]] if runs else []) + [_cell(r, c) for c in shown] for _, r in analyzed.iterrows()]
     return [_table(headers, rows), ""]
 
 
@@ -615,7 +813,8 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
     if not rows:
         raise ReportError(f"no finished runs below {root} (a finished run has summary.json with status 'done')")
     df = pd.DataFrame(rows)
-    columns = report_columns(list(analyses.values()))
+    wording = Wording.of(df, analyses)
+    columns = report_columns(list(analyses.values()), wording.norms)
     groups = aggregate(df, columns)
 
     pending = unfinished(root, sweep)
@@ -633,15 +832,15 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
         "depth": fig_accuracy_vs_depth(plt, groups, colors, fig_dir / "accuracy_vs_depth.png"),
         "width": fig_accuracy_vs_width(plt, groups, colors, fig_dir / "accuracy_vs_width.png"),
         "params": fig_accuracy_vs_params(plt, groups, colors, fig_dir / "accuracy_vs_params.png"),
-        "gamma": fig_gamma_histograms(plt, df, analyses, colors, fig_dir / "gamma_histograms.png"),
+        "gamma": fig_gamma_histograms(plt, df, analyses, colors, fig_dir / "gamma_histograms.png", wording.norms),
         "disabled": fig_disabled(plt, groups, thresholds, df.get("dead_share", pd.Series(dtype=float)).dropna(),
-                                 fig_dir / "disabled_fractions.png"),
-        "ablation": fig_ablation(plt, groups, fig_dir / "ablation.png"),
+                                 fig_dir / "disabled_fractions.png", wording.relu_bns),
+        "ablation": fig_ablation(plt, groups, fig_dir / "ablation.png", wording.word),
     }
     text = render_markdown(
         title=title or f"bnonly report: {root.name}", root=root, df=df, groups=groups, figures=figures,
         configs=configs, pending=pending, note=Path(note).read_text() if note else None,
-        command=command, columns=columns)
+        command=command, columns=columns, wording=wording)
     report = out / "report.md"
     report.write_text(text)
     return report

@@ -1,8 +1,9 @@
-"""The built-in evaluators: ``affine`` (γ/β statistics), ``disabled`` (disabled features, with the
-ReLU-fed split) and ``ablation`` (zeroing the disabled features against as many random ones).
+"""The built-in evaluators: ``affine`` (γ/β statistics of every normalization layer), ``disabled``
+(disabled features wherever a layer's output reaches a ReLU-like activation, with the ReLU-fed
+split) and ``ablation`` (zeroing the disabled features against as many random ones).
 
 ``disabled`` makes the one baseline pass over the test set (``ctx.baseline``: accuracy and off
-shares together) and records the disabled channels exactly; ``ablation`` reads them from that
+shares together) and records the disabled features exactly; ``ablation`` reads them from that
 section, so a new number of draws redoes only the ablation's own passes.
 """
 
@@ -12,22 +13,40 @@ import numpy as np
 import torch
 
 from .evaluators import AnalysisContext, Column, evaluator
-from .features import DESTINATION_LABELS, affine_values, random_masks, split_by_destination
+from .features import (
+    ACTIVATIONS,
+    DESTINATION_LABELS,
+    affine_values,
+    destination_label,
+    feature_count,
+    norm_kind,
+    norms_word,
+    random_masks,
+    split_by_destination,
+)
 from .stats import compact, describe, fraction_below, share, threshold_key
+
+NO_NORMS = "the model has no normalization layers"
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(tensors) if tensors else torch.zeros(0)
 
 
 # --- affine: γ and β --------------------------------------------------------------------------
 
 def _affine_summary(s: dict) -> list[str]:
+    if s.get("not_applicable"):
+        return [f"|γ|: n/a ({s['not_applicable']})"]
     return ["|γ| " + "  ".join(f"<{k}: {100 * v:.1f}%" for k, v in s["fraction_gamma_below"].items())]
 
 
-@evaluator("affine", version=1, options=("thresholds",), summary=_affine_summary, columns=(
+@evaluator("affine", version=2, options=("thresholds",), summary=_affine_summary, columns=(
     Column("n_features", lambda s: s["n_features"]),
     Column("gamma_below_{key}", lambda s: s["fraction_gamma_below"], "|γ| < {key}", key_order=float),
 ))
 def affine(ctx: AnalysisContext, options: dict) -> dict:
-    """γ and β after training (and at initialization, given init.pt): statistics per layer and overall."""
+    """γ and β of every normalizer after training (and at initialization, given init.pt): per layer and overall."""
     thresholds = options["thresholds"]
     per_layer, gammas, betas, init_gammas, init_betas = [], [], [], [], []
     for name, module in ctx.layers:
@@ -36,20 +55,22 @@ def affine(ctx: AnalysisContext, options: dict) -> dict:
         init_g = None
         if ctx.init_state is not None:
             w, b = ctx.init_state.get(f"{name}.weight"), ctx.init_state.get(f"{name}.bias")
-            init_g = w.float().cpu() if w is not None else torch.ones_like(gamma)
-            init_b = b.float().cpu() if b is not None else torch.zeros_like(beta)
+            init_g = w.float().cpu().flatten() if w is not None else torch.ones_like(gamma)
+            init_b = b.float().cpu().flatten() if b is not None else torch.zeros_like(beta)
             init_gammas.append(init_g)
             init_betas.append(init_b)
             channels.update(init_gamma=compact(init_g), init_beta=compact(init_b))
         gammas.append(gamma)
         betas.append(beta)
         per_layer.append(dict(
-            name=name, type=type(module).__name__, num_features=gamma.numel(), affine=module.affine,
+            name=name, type=type(module).__name__, kind=norm_kind(module), num_features=feature_count(module),
+            affine=getattr(module, "weight", None) is not None, has_beta=getattr(module, "bias", None) is not None,
             gamma=describe(gamma), beta=describe(beta), init_gamma=describe(init_g) if init_g is not None else None,
             fraction_gamma_below=fraction_below(gamma, thresholds), channels=channels,
         ))
-    gamma, beta = torch.cat(gammas), torch.cat(betas)
+    gamma, beta = _cat(gammas), _cat(betas)
     return dict(
+        not_applicable=None if per_layer else NO_NORMS,
         n_layers=len(per_layer), n_features=gamma.numel(), fraction_gamma_below=fraction_below(gamma, thresholds),
         overall=dict(
             gamma=describe(gamma), abs_gamma=describe(gamma.abs()), beta=describe(beta),
@@ -63,46 +84,76 @@ def affine(ctx: AnalysisContext, options: dict) -> dict:
 # --- disabled features ------------------------------------------------------------------------
 
 def _disabled_summary(s: dict) -> list[str]:
+    if s["fraction_dead"] is None:
+        return [f"test acc {s['test']['test_acc']:.4f}; disabled: n/a ({s['not_applicable']})"]
     line = (f"test acc {s['test']['test_acc']:.4f}; disabled (off for >= {s['options']['dead_share']:.0%} of "
             f"{s['test']['n_examples']} test inputs): {100 * s['fraction_dead']:.1f}% "
-            f"({s['n_dead']}/{s['n_features']} features)")
+            f"({s['n_dead']}/{s['n_measured']} features")
+    measured_all = s["n_measured"] == s["n_features"]
+    line += ")" if measured_all else f" of layers feeding an activation; {s['n_features']} in all)"
     if s.get("fraction_dead_relu_fed") is not None:
-        line += (f"; of ReLU-fed BN features {100 * s['fraction_dead_relu_fed']:.1f}% "
+        line += (f"; of ReLU-fed {s['norms'][:-1]} features {100 * s['fraction_dead_relu_fed']:.1f}% "
                  f"({s['n_dead_relu_fed']}/{s['n_relu_fed_features']})")
     return [line]
 
 
-@evaluator("disabled", version=1, options=("thresholds", "dead_share"), summary=_disabled_summary, columns=(
+@evaluator("disabled", version=2, options=("thresholds", "dead_share"), summary=_disabled_summary, columns=(
     Column("fraction_dead", lambda s: s["fraction_dead"], "disabled"),
     Column("n_dead", lambda s: s["n_dead"]),
     Column("dead_share", lambda s: s["options"]["dead_share"]),
     Column("dead_with_negative_beta", lambda s: s["dead_relation"]["fraction_of_dead_with_negative_beta"],
            "disabled with β < 0", spread=None),
     # Absent from sections migrated from format 1 (before the split).
-    Column("fraction_dead_relu_fed", lambda s: s.get("fraction_dead_relu_fed"), "disabled, ReLU-fed BNs",
-           table="by_destination"),
+    Column("fraction_dead_relu_fed", lambda s: s.get("fraction_dead_relu_fed"),
+           "disabled, " + DESTINATION_LABELS["relu_fed"], table="by_destination"),
 ))
 def disabled(ctx: AnalysisContext, options: dict) -> dict:
-    """Disabled features (ReLU(BN) zero on at least dead_share of test inputs), overall and among ReLU-fed BNs."""
+    """Disabled features (off on at least dead_share of test inputs for the activation the layer feeds), overall
+    and among ReLU-fed layers; not applicable where a layer's output reaches no ReLU-like activation."""
     test, off = ctx.baseline
-    relu_fed = ctx.relu_fed
-    masks = {name: off[name] >= options["dead_share"] for name, _ in ctx.layers}
-    per_layer = [dict(name=name, feeds_relu=None if relu_fed is None else name in relu_fed, n_dead=int(mask.sum()),
-                      fraction_dead=mask.double().mean().item(), dead_channels=mask.nonzero().flatten().tolist(),
-                      channels=dict(off_share=compact(off[name])))
-                 for name, mask in masks.items()]
-    gamma, beta = (torch.cat(values) for values in zip(*(affine_values(m) for _, m in ctx.layers)))
-    dead = torch.cat(list(masks.values()))
+    (dests, untraced), measured = ctx.traced, dict(ctx.measured)
+    traced = "" not in untraced
+    masks = {name: off[name] >= options["dead_share"] for name in measured}
+    per_layer = []
+    for name, _ in ctx.layers:
+        d, mask = dests[name], masks.get(name)
+        per_layer.append(dict(
+            name=name, destination=d.kind, activation=d.activation, not_applicable=d.not_applicable,
+            n_dead=None if mask is None else int(mask.sum()),
+            fraction_dead=None if mask is None else mask.double().mean().item(),
+            dead_channels=None if mask is None else mask.nonzero().flatten().tolist(),
+            channels=dict(off_share=None if mask is None else compact(off[name]))))
+    values = [affine_values(m) for m in measured.values()]
+    gamma, beta = _cat([g for g, _ in values]), _cat([b for _, b in values])
+    dead = _cat(list(masks.values())).bool()
+    n_measured = dead.numel()
+    relu_fed = split_by_destination(masks, {name: dests[name].kind for name in masks}).get("relu_fed", {})
     return dict(
-        test=test, n_features=dead.numel(), n_dead=int(dead.sum()), fraction_dead=dead.double().mean().item(),
+        test=test, traced=traced, untraced=untraced, norms=norms_word(norm_kind(m) for _, m in ctx.layers),
+        criteria={a: ACTIVATIONS[a].criterion for a in dict.fromkeys(dests[n].activation for n in measured)},
+        not_applicable=None if n_measured else _why_not(ctx, dests),
+        n_features=sum(feature_count(m) for _, m in ctx.layers), n_measured=n_measured,
+        n_dead=int(dead.sum()) if n_measured else None,
+        fraction_dead=dead.double().mean().item() if n_measured else None,
         dead_relation=_dead_relation(dead, gamma, beta, options["thresholds"]),
-        **_relu_fed_counts(None if relu_fed is None else split_by_destination(masks, relu_fed).get("relu_fed", {})),
+        **_relu_fed_counts(relu_fed if traced else None),
         layers=per_layer,
     )
 
 
+def _why_not(ctx: AnalysisContext, dests) -> str:
+    """Why no layer of the model has disabled features to measure."""
+    if not ctx.layers:
+        return NO_NORMS
+    if len(set(dests.values())) == 1:  # e.g. fx could trace no part of the model
+        return next(iter(dests.values())).not_applicable
+    name = ctx.layers[0][0] or "(root)"
+    return (f"no normalization layer's output reaches a ReLU-like activation ({', '.join(ACTIVATIONS)}), directly "
+            f"or through a residual sum; e.g. {name}: {dests[ctx.layers[0][0]].not_applicable}")
+
+
 def _relu_fed_counts(relu_fed_masks: dict[str, torch.Tensor] | None) -> dict:
-    """Features of ReLU-fed BNs, and the disabled count and share among them (None without a trace)."""
+    """Features of ReLU-fed layers, and the disabled count and share among them (None without a trace)."""
     if relu_fed_masks is None:
         return dict(n_relu_fed_features=None, n_dead_relu_fed=None, fraction_dead_relu_fed=None)
     n_features = sum(m.numel() for m in relu_fed_masks.values())
@@ -124,9 +175,12 @@ def _dead_relation(dead, gamma, beta, thresholds) -> dict:
 
 
 def dead_masks(disabled_section: dict) -> dict[str, torch.Tensor]:
-    """Layer name -> bool mask of its disabled channels, as a ``disabled`` section records them."""
+    """Layer name -> bool mask of its disabled features, as a ``disabled`` section records them, for
+    every layer where they are measured."""
     masks = {}
     for layer in disabled_section["layers"]:
+        if layer["fraction_dead"] is None:
+            continue
         masks[layer["name"]] = mask = torch.zeros(len(layer["channels"]["off_share"]), dtype=torch.bool)
         mask[layer["dead_channels"]] = True
     return masks
@@ -135,8 +189,10 @@ def dead_masks(disabled_section: dict) -> dict[str, torch.Tensor]:
 # --- ablation ---------------------------------------------------------------------------------
 
 def _ablation_summary(s: dict) -> list[str]:
+    if s.get("not_applicable"):
+        return [f"ablation: n/a ({s['not_applicable']})"]
     kinds = (s.get("by_destination") or {}).items()
-    parts = [("ablation", s)] + [(f"  {DESTINATION_LABELS[k]} only", v) for k, v in kinds]
+    parts = [("ablation", s)] + [(f"  {destination_label(k, s['norms'])} only", v) for k, v in kinds]
     return [f"{label}: zero the {p['n_zeroed']} disabled -> acc {p['disabled_zeroed_acc']:.4f}; "
             f"zero {p['n_zeroed']} random -> {p['random_zeroed_acc_mean']:.4f} ± {p['random_zeroed_acc_std']:.4f} "
             f"({p['draws']} draws)" for label, p in parts]
@@ -150,7 +206,7 @@ def _per_kind(key: str):
 _KIND = dict(key_label=DESTINATION_LABELS.get, key_order=list(DESTINATION_LABELS).index)
 
 
-@evaluator("ablation", version=1, options=("draws", "seed"), needs=("disabled",), summary=_ablation_summary,
+@evaluator("ablation", version=2, options=("draws", "seed"), needs=("disabled",), summary=_ablation_summary,
            columns=(
     Column("ablation_n_zeroed", lambda s: s["n_zeroed"]),
     Column("ablation_baseline_acc", lambda s: s["baseline_acc"], "acc", spread=None),
@@ -167,18 +223,21 @@ _KIND = dict(key_label=DESTINATION_LABELS.get, key_order=list(DESTINATION_LABELS
     Column("ablation_{key}_random_zeroed_acc_std", _per_kind("random_zeroed_acc_std")),
 ))
 def ablation_section(ctx: AnalysisContext, options: dict) -> dict:
-    """Accuracy with the disabled features zeroed vs as many random ones, overall and per kind of BN."""
+    """Accuracy with the disabled features zeroed vs as many random ones, overall and per kind of layer."""
     disabled_section = ctx.sections["disabled"]
-    masks = dead_masks(disabled_section)
-    traced = disabled_section["layers"][0]["feeds_relu"] is not None
-    by_kind = split_by_destination(masks, {l["name"] for l in disabled_section["layers"] if l["feeds_relu"]}) \
-        if traced else {}
     run = dict(baseline_acc=disabled_section["test"]["test_acc"], draws=options["draws"], seed=options["seed"])
+    if disabled_section["fraction_dead"] is None:
+        return dict(run, not_applicable=disabled_section["not_applicable"], norms=disabled_section["norms"],
+                    criterion="disabled", n_zeroed=None, n_features=0, disabled_zeroed_acc=None,
+                    random_zeroed_acc=None, random_zeroed_acc_mean=None, random_zeroed_acc_std=None,
+                    by_destination=None)
+    masks = dead_masks(disabled_section)
+    by_kind = split_by_destination(masks, {layer["name"]: layer["destination"] for layer in disabled_section["layers"]})
     overall = ablation(ctx, masks, **run)
-    # Where the model holds a single kind of BN (VGG: all ReLU-fed), its ablation is the overall one.
+    # Where the model holds a single kind of layer (VGG: all ReLU-fed), its ablation is the overall one.
     overall["by_destination"] = {kind: dict(overall) if len(by_kind) == 1 else ablation(ctx, kind_masks, **run)
-                                 for kind, kind_masks in by_kind.items()} if traced else None
-    return overall
+                                 for kind, kind_masks in by_kind.items()}
+    return dict(overall, not_applicable=None, norms=disabled_section["norms"])
 
 
 def ablation(ctx: AnalysisContext, disabled: dict[str, torch.Tensor], *, baseline_acc: float, draws: int,

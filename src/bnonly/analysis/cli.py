@@ -53,7 +53,8 @@ def cmd_analyze(args) -> int:
 
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
-        "analyze", help="what BatchNorm learned in finished runs: γ/β statistics, disabled features, ablation",
+        "analyze", help="what the normalization layers learned in finished runs: γ/β statistics, disabled features, "
+                        "ablation",
         description="Writes analysis.json (one section per registered evaluator: "
                     f"{', '.join(EVALUATORS.names())}) and analysis_*.png into each run folder and prints a summary. "
                     "Sections still fresh (same evaluator version and options) are kept.")
@@ -62,7 +63,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--thresholds", default=",".join(map(threshold_key, DEFAULT_THRESHOLDS)),
                    help="|γ| thresholds for 'small γ', comma-separated (default: %(default)s)")
     p.add_argument("--dead-share", type=float, default=DEFAULT_DEAD_SHARE,
-                   help="a feature is disabled if ReLU(BN(x)) is all zero for at least this share of test "
+                   help="a feature is disabled if it is off (its norm output at most the threshold of the activation "
+                        "it feeds, 0 for ReLU and -3 for GELU, at every position) for at least this share of test "
                         "inputs (default: %(default)s)")
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                    help="random draws for the ablation baseline (default: %(default)s)")

@@ -14,9 +14,10 @@ recomputed (so a file never mixes a fresh section with one derived from what it 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from torch import nn
 from ..registry import Registry
 from ..training import evaluate
 from .errors import AnalysisError
-from .features import OffCounter, bn_layers, relu_fed_batchnorms, zeroed_features
+from .features import ACTIVATIONS, Destination, OffCounter, destinations, norm_layers, zeroed_features
 
 DEFAULT_THRESHOLDS = (0.01, 0.05, 0.1)
 DEFAULT_DEAD_SHARE = 0.99
@@ -81,12 +82,14 @@ class Column:
 @dataclass(frozen=True)
 class Evaluator:
     """One analysis: ``compute(ctx, options)`` returns its section of analysis.json (a JSON-ready
-    dict; the runner adds ``version``, ``options`` and ``seconds``). ``options`` names the analysis
-    options it reads (keys of :func:`analysis_options`); ``needs`` the evaluators whose sections it
-    reads from ``ctx.sections``; ``summary(section)`` gives its lines of ``bnonly analyze``'s output."""
+    dict; the runner adds ``version``, ``options`` and ``seconds``). A section whose analysis does not
+    apply to the model holds ``not_applicable``, the reason, and nulls for the numbers it lacks; the
+    report shows those as "n/a". ``options`` names the analysis options it reads (keys of
+    :func:`analysis_options`); ``needs`` the evaluators whose sections it reads from ``ctx.sections``;
+    ``summary(section)`` gives its lines of ``bnonly analyze``'s output."""
 
     version: int
-    compute: Callable[["AnalysisContext", dict], dict]
+    compute: Callable[[AnalysisContext, dict], dict]
     options: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     columns: tuple[Column, ...] = ()
@@ -148,23 +151,33 @@ class AnalysisContext:
     @cached_property
     def layers(self) -> list[tuple[str, nn.Module]]:
         """(name, module) of every analysed normalization layer, in module order."""
-        return bn_layers(self.model)
+        return norm_layers(self.model)
 
     @cached_property
-    def relu_fed(self) -> set[str] | None:
-        """Names of the ReLU-fed layers; None where fx cannot trace the model."""
-        return relu_fed_batchnorms(self.model)
+    def traced(self) -> tuple[dict[str, Destination], dict[str, str]]:
+        """(layer name -> where its output goes, the parts fx could not trace -> why; "" the whole model)."""
+        return destinations(self.model)
+
+    @property
+    def destinations(self) -> dict[str, Destination]:
+        return self.traced[0]
+
+    @cached_property
+    def measured(self) -> list[tuple[str, nn.Module]]:
+        """The layers whose output reaches a ReLU-like activation: where disabled features are measured."""
+        return [(name, m) for name, m in self.layers if self.destinations[name].activation is not None]
 
     @cached_property
     def baseline(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(test metrics with ``n_examples``, per-layer off shares) from one pass over the test set."""
-        counter = OffCounter(self.layers)
+        """(test metrics with ``n_examples``, off shares of the measured layers) from one pass over the test set."""
+        counter = OffCounter(self.measured, {name: ACTIVATIONS[self.destinations[name].activation].threshold
+                                             for name, _ in self.measured})
         with counter:
             test = evaluate(self.model, self.test_batches, bf16=self.bf16, device=self.device)
         return dict(test, n_examples=self.test_batches.num_examples), counter.shares()
 
     def accuracy(self, zeroed: dict[str, torch.Tensor]) -> float:
-        """Test accuracy with the BN outputs of the ``zeroed`` channels set to zero (one pass)."""
+        """Test accuracy with the outputs of the ``zeroed`` features set to zero (one pass)."""
         with zeroed_features(self.model, zeroed):
             return evaluate(self.model, self.test_batches, bf16=self.bf16, device=self.device)["test_acc"]
 
@@ -197,8 +210,6 @@ def analyze_model(model: nn.Module, test_batches, *, init_state: dict[str, torch
     options = analysis_options(thresholds, dead_share, draws, seed)
     kept = kept or {}
     ctx = AnalysisContext(model, test_batches, init_state=init_state, bf16=bf16, device=device)
-    if not ctx.layers:
-        raise AnalysisError("the model has no BatchNorm layers: there is nothing to analyse")
     stale = stale_sections(kept, options)
     for entry in EVALUATORS.entries():
         e = entry.obj
@@ -214,12 +225,20 @@ def analyze_model(model: nn.Module, test_batches, *, init_state: dict[str, torch
 
 def column_values(analysis: dict) -> dict[str, Any]:
     """Column name -> this run's number, for every column of every registered evaluator whose
-    section ``analysis`` holds (a row of runs.csv)."""
+    section ``analysis`` holds (a row of runs.csv); and ``<evaluator>_not_applicable`` -> the
+    reason, for a section that says the analysis does not apply to the model."""
     row = {}
     for entry in EVALUATORS.entries():
         section = analysis["sections"].get(entry.name)
         if section is not None:
             for column in entry.obj.columns:
                 row.update(column.values(section))
+            if section.get("not_applicable"):
+                row[not_applicable_column(entry.name)] = section["not_applicable"]
     return row
+
+
+def not_applicable_column(evaluator_name: str) -> str:
+    """The runs.csv column holding why an evaluator's analysis does not apply to a run's model."""
+    return f"{evaluator_name}_not_applicable"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AnalysisError
-from .features import DESTINATION_LABELS
+from .features import destination_label
 
 FIGURE_PREFIX = "analysis_"
 
@@ -30,10 +30,11 @@ def channels(section: dict, key: str) -> np.ndarray:
     return np.concatenate([np.asarray(layer["channels"][key], dtype=float) for layer in section["layers"]])
 
 
-def _dead(disabled: dict) -> np.ndarray:
-    """Per channel, in layer order: whether the disabled section counts it as disabled."""
-    return np.concatenate([np.isin(np.arange(len(layer["channels"]["off_share"])), layer["dead_channels"])
-                           for layer in disabled["layers"]])
+def _dead(affine: dict, disabled: dict) -> np.ndarray:
+    """Per feature, in layer order: whether the disabled section counts it as disabled (a layer
+    where disabled features are not measured has none)."""
+    return np.concatenate([np.isin(np.arange(a["num_features"]), d["dead_channels"] or [])
+                           for a, d in zip(affine["layers"], disabled["layers"])])
 
 
 def _title(analysis: dict) -> str:
@@ -41,15 +42,22 @@ def _title(analysis: dict) -> str:
 
 
 def plot_run(analysis: dict, out_dir: str | Path) -> list[Path]:
-    """The run's figures from its built-in sections: γ/β histograms, per-layer fractions, γ vs β, ablation."""
+    """The run's figures from its built-in sections: γ/β histograms, per-layer fractions, γ vs β,
+    ablation (none for a model without normalization layers; no ablation where it does not apply)."""
+    affine, disabled = analysis["sections"]["affine"], analysis["sections"]["disabled"]
+    if not affine["layers"]:
+        return []
     plt = pyplot()
     out_dir = Path(out_dir)
     paths = []
-    affine, disabled = analysis["sections"]["affine"], analysis["sections"]["disabled"]
     dead_share = disabled["options"]["dead_share"]
     has_init = all("init_gamma" in layer["channels"] for layer in affine["layers"])
     gamma, beta = channels(affine, "gamma"), channels(affine, "beta")
-    dead = _dead(disabled)
+    dead = _dead(affine, disabled)
+    norms = disabled["norms"]
+    word, layer_word = ("BN", "BatchNorm") if norms == "BNs" else ("norm", "normalization")
+    off = ("ReLU output zero" if set(disabled["criteria"]) <= {"relu"}
+           else "activation output ≈ 0, criterion per activation in analysis.json")
 
     # 1. γ and β histograms, with the initial distribution.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -58,13 +66,13 @@ def plot_run(analysis: dict, out_dir: str | Path) -> list[Path]:
     if has_init:
         axes[0].hist(channels(affine, "init_gamma"), bins=bins, histtype="step", color="k", lw=1.5,
                      label="at initialization")
-    axes[0].set(xlabel="γ (BatchNorm scale, unitless)", ylabel="features (count)", yscale="log",
-                title="γ over all BN features")
+    axes[0].set(xlabel=f"γ ({layer_word} scale, unitless)", ylabel="features (count)", yscale="log",
+                title=f"γ over all {word} features")
     axes[1].hist(beta, bins=40, color="C1", alpha=0.8, label="after training")
     if has_init:
         axes[1].axvline(0, color="k", lw=1.5, label="at initialization (β = 0)")
-    axes[1].set(xlabel="β (BatchNorm shift, unitless)", ylabel="features (count)", yscale="log",
-                title="β over all BN features")
+    axes[1].set(xlabel=f"β ({layer_word} shift, unitless)", ylabel="features (count)", yscale="log",
+                title=f"β over all {word} features")
     for ax in axes:
         ax.legend()
     fig.suptitle(_title(analysis))
@@ -90,12 +98,16 @@ def plot_run(analysis: dict, out_dir: str | Path) -> list[Path]:
     for i, k in enumerate(keys):
         bottom.bar(x + i * width, [100 * layer["fraction_gamma_below"][k] for layer in layers], width,
                    color=blues(0.35 + 0.55 * i / max(1, len(keys) - 1)), label=f"|γ| < {k}")
-    dead_fractions = [100 * layer["fraction_dead"] for layer in disabled["layers"]]
+    dead_fractions = [np.nan if layer["fraction_dead"] is None else 100 * layer["fraction_dead"]
+                      for layer in disabled["layers"]]
+    measured = disabled["n_measured"]
     bottom.bar(x + len(keys) * width, dead_fractions, width, color="k",
-               label=f"disabled (ReLU output zero for ≥ {dead_share:.0%} of test inputs)")
+               label="disabled: not applicable (no layer's output reaches a ReLU-like activation)" if not measured
+               else f"disabled ({off} for ≥ {dead_share:.0%} of test inputs)"
+               + ("" if measured == disabled["n_features"] else "; no bar: not applicable"))
     bottom.set_xticks(x + 0.4 - width / 2, names, rotation=60, ha="right", fontsize=8)
-    highest = max(dead_fractions + [100 * v for layer in layers for v in layer["fraction_gamma_below"].values()])
-    bottom.set(ylabel="features of the layer (%)", xlabel="BatchNorm layer (module order)",
+    highest = np.nanmax(dead_fractions + [100 * v for layer in layers for v in layer["fraction_gamma_below"].values()])
+    bottom.set(ylabel="features of the layer (%)", xlabel=f"{layer_word.capitalize()} layer (module order)",
                ylim=(0, min(100, 1.15 * highest + 5)), title="Small γ and disabled features per layer")
     bottom.legend(fontsize=8)
     paths.append(_save(plt, fig, out_dir / f"{FIGURE_PREFIX}layers.png"))
@@ -110,13 +122,16 @@ def plot_run(analysis: dict, out_dir: str | Path) -> list[Path]:
     ax.legend()
     paths.append(_save(plt, fig, out_dir / f"{FIGURE_PREFIX}gamma_vs_beta.png"))
 
-    # 4. Ablation: all BNs, then ReLU-fed and other BNs alone where the model could be traced.
+    # 4. Ablation: all layers, then ReLU-fed and other layers alone.
     ab = analysis["sections"]["ablation"]
-    parts = [("all BNs", ab)] + [(DESTINATION_LABELS[k], v) for k, v in (ab.get("by_destination") or {}).items()]
+    if ab.get("not_applicable"):
+        return paths
+    kinds = (ab.get("by_destination") or {}).items()
+    parts = [(f"all {norms}", ab)] + [(destination_label(k, norms), v) for k, v in kinds]
     fig, ax = plt.subplots(figsize=(3 + 2.6 * len(parts), 4.5))
     width = 0.27
     ax.bar([0], [100 * ab["baseline_acc"]], width, color="C0", label="no features zeroed")
-    for i, (label, part) in enumerate(parts):
+    for i, (_, part) in enumerate(parts):
         disabled, random = 100 * part["disabled_zeroed_acc"], 100 * part["random_zeroed_acc_mean"]
         spread = 100 * part["random_zeroed_acc_std"]
         x = i + 1
@@ -128,7 +143,7 @@ def plot_run(analysis: dict, out_dir: str | Path) -> list[Path]:
     ax.text(0, 100 * ab["baseline_acc"] + 1, f"{100 * ab['baseline_acc']:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(parts) + 1), ["baseline"] + [f"{label}\n{part['n_zeroed']} of {part['n_features']} "
                                                          "features" for label, part in parts])
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 110), title=f"Ablation of BN features\n{_title(analysis)}")
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 110), title=f"Ablation of {word} features\n{_title(analysis)}")
     ax.legend(fontsize=8, loc="upper right")
     paths.append(_save(plt, fig, out_dir / f"{FIGURE_PREFIX}ablation.png"))
     return paths

@@ -23,14 +23,23 @@ from ..models import create_model
 from ..rundir import RunDir, atomic_write_json, read_json
 from ..training import resolve_device
 from .errors import AnalysisError
+from .evaluators import (
+    DEFAULT_DEAD_SHARE,
+    DEFAULT_DRAWS,
+    DEFAULT_THRESHOLDS,
+    analysis_options,
+    analyze_model,
+    stale_sections,
+)
 from .figures import plot_run
-from .evaluators import DEFAULT_DEAD_SHARE, DEFAULT_DRAWS, DEFAULT_THRESHOLDS, analysis_options, analyze_model, \
-    stale_sections
 
 ANALYSIS_FILE = "analysis.json"
 FORMAT_VERSION = 3
-_RUN_KEYS = ("run", "model", "train", "seed", "epochs", "bn_affine", "gamma_init", "dataset", "num_classes",
-             "summary_test_acc")
+_RUN_KEYS = ("run", "model", "train", "seed", "epochs", "bn_affine", "gamma_init", "bn_statistics", "dataset",
+             "num_classes", "summary_test_acc")
+#: The BatchNorm statistics of runs from before summary.json recorded them: batch statistics in
+#: training, the running averages in evaluation (the only ones there were).
+PRE_RECORD_BN_STATISTICS = {"train": "batch", "eval": "running averages"}
 
 
 def finished_runs(root: str | Path) -> list[Path]:
@@ -41,7 +50,11 @@ def finished_runs(root: str | Path) -> list[Path]:
 
 @dataclass
 class LoadedRun:
-    """A finished run, ready to evaluate: its final weights loaded into a plain model."""
+    """A finished run, ready to evaluate: its final weights loaded into a plain model. final.pt holds
+    the BatchNorm running statistics the run's last evaluation used (recalibrated ones after
+    ``recalibrate_bn``, the initial ones after ``bn_stats=frozen``, which a plain BatchNorm in
+    evaluation mode normalizes with exactly as the frozen one did), so evaluating it gives the run's
+    own test accuracy."""
 
     run: RunDir
     cfg: cfgmod.TrainConfig
@@ -130,17 +143,13 @@ def analyze_run(path: str | Path, *, thresholds=DEFAULT_THRESHOLDS, dead_share: 
     """Analyse one finished run and write ``analysis.json`` (and figures) into its folder.
 
     Sections of an existing analysis that are still fresh are kept (all of them unless ``force``);
-    when every section is, the file is returned as it is, without loading the run (an older
-    format is rewritten in today's).
+    when every section is, the file is returned as it is, without loading the run.
     """
     run = RunDir(path)
     options = analysis_options(thresholds, dead_share, draws, seed)
-    stored = None if force else read_json(run.path / ANALYSIS_FILE)
-    existing = migrate(stored)
+    existing = None if force else read_analysis(run.path)
     kept = existing["sections"] if existing else {}
     if existing and not stale_sections(kept, options):
-        if existing is not stored:
-            atomic_write_json(run.path / ANALYSIS_FILE, existing)
         return existing
     loaded = load_run(path, data=data, device=device, threads=threads)
     cfg = loaded.cfg
@@ -148,7 +157,8 @@ def analyze_run(path: str | Path, *, thresholds=DEFAULT_THRESHOLDS, dead_share: 
                              bf16=loaded.bf16, device=loaded.device, kept=kept)
     result = dict(
         format=FORMAT_VERSION, run=run.path.name, model=cfg.model, train=cfg.train, seed=cfg.seed, epochs=cfg.epochs,
-        bn_affine=cfg.bn_affine, gamma_init=cfg.gamma_init, dataset=loaded.dataset.name,
+        bn_affine=cfg.bn_affine, gamma_init=cfg.gamma_init,
+        bn_statistics=loaded.summary.get("bn_statistics") or PRE_RECORD_BN_STATISTICS, dataset=loaded.dataset.name,
         num_classes=loaded.dataset.num_classes, summary_test_acc=loaded.summary.get("test_acc"), sections=sections,
     )
     atomic_write_json(run.path / ANALYSIS_FILE, result)
