@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUIET, TINY
 
 import bnonly
 from bnonly.cli import main
 from bnonly.compact import CompactError, export, import_run, read_compact, write_compact
 from bnonly.data import make_batches, open_dataset
 from bnonly.training import evaluate
-
-from conftest import QUIET, TINY
 
 SPECS = ["bn", "bn+output", "random:matched", "random-per-channel:2", "all"]
 

@@ -1,16 +1,16 @@
 """Compute settings: the default for each kind of machine, the override that forces a CPU path,
 and a resumed run that keeps the numerics it started with wherever it resumes."""
 
+import conftest
 import pytest
 import torch
+from conftest import QUIET, SignalAt
 
 from bnonly import compute
 from bnonly.compute import ENV_CPU_BF16, Capabilities, ComputeSettings, auto_defaults, resolve
 from bnonly.config import ConfigError, TrainConfig
 from bnonly.rundir import RunDir
 from bnonly.training import Interrupted, train
-import conftest
-from conftest import QUIET, SignalAt
 
 MACHINES = {
     "avx2-only": Capabilities("cpu", frozenset({"sse4_2", "avx", "avx2", "fma"})),

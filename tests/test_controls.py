@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import QUIET, TINY, SignalAt
 
 from bnonly.config import ConfigError, TrainConfig
 from bnonly.models import create_model
@@ -14,7 +15,6 @@ from bnonly.trainable import configure
 from bnonly.training import Interrupted, train
 from bnonly.training.callbacks import RecalibrateBN
 from bnonly.training.optimizers import param_groups
-from conftest import QUIET, TINY, SignalAt
 
 GAMMAS = ("bn.weight", "blocks.0.bn1.weight", "blocks.2.bn2.weight")
 
@@ -147,7 +147,7 @@ def test_another_class_count_reinitializes_only_the_output_layer(tmp_path, sourc
 
 def test_a_missing_or_unfinished_source_is_refused(tmp_path, source):
     with pytest.raises(ConfigError, match="is not a run folder"):
-        tiny(tmp_path, init_from=str(tmp_path / "nowhere")).run_id
+        _ = tiny(tmp_path, init_from=str(tmp_path / "nowhere")).run_id
     cfg = tiny(tmp_path, "unfinished", epochs=2)
     with pytest.raises(Interrupted):
         train(cfg, callbacks=[SignalAt({3})], **QUIET)

@@ -16,9 +16,9 @@ from PIL import Image
 
 import bnonly.data as data
 from bnonly.data import ArrayDataset, DataError, make_batches, open_dataset
+from bnonly.data import batches as batches_mod
 from bnonly.data import cifar as cifar_mod
 from bnonly.data import folder as folder_mod
-from bnonly.data import batches as batches_mod
 from bnonly.data import stream as stream_mod
 from bnonly.data.batches import NORMALIZATIONS, ShardPlan
 

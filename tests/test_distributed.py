@@ -11,6 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import QUIET
 from torch import nn
 
 from bnonly import slurm
@@ -23,11 +24,11 @@ from bnonly.training import EXIT_INTERRUPTED, train
 DATA = "synthetic:train=512,test=128,classes=4,size=16"
 BASE = dict(model="cifar_resnet_8_8", data=DATA, batch_size=64, augment="none", device="cpu", threads=1,
             progress=False, train="bn")
-QUIET = dict(log=lambda *_: None)
 
 
 def weights(run: RunDir) -> dict:
-    return {k: v.double() for k, v in torch.load(run.final_weights).items() if v.is_floating_point() and "running" not in k}
+    return {k: v.double() for k, v in torch.load(run.final_weights).items()
+            if v.is_floating_point() and "running" not in k}
 
 
 def relative_difference(a: RunDir, b: RunDir) -> float:
@@ -105,7 +106,8 @@ def test_nproc_per_rank_bn_is_stopped_resumed_and_matches_ghost_batchnorm(tmp_pa
     cfg = from_dict(dict(BASE, epochs=6, eval_every=0.5, milestones=[4], schedule_epochs=6, out=str(tmp_path / "ddp")))
     (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
     run = RunDir(tmp_path / "ddp" / cfg.run_name)
-    proc = subprocess.Popen([sys.executable, "-m", "bnonly", "train", "--nproc", "2", "--config", str(tmp_path / "c.json")],
+    proc = subprocess.Popen([sys.executable, "-m", "bnonly", "train", "--nproc", "2",
+                             "--config", str(tmp_path / "c.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (run.metrics.exists() and run.metrics.read_text().strip()) and time.time() < deadline:

@@ -25,7 +25,6 @@ from bnonly.models import create_model, family_of, initialize
 from bnonly.rundir import RunDir
 from bnonly.trainable import SpecError, configure, count_trainable, select
 
-
 # ---------------------------------------------------------------- the formulas
 
 def resnet(depth: int, width: int = 16, norm: str = "bn", classes: int = 10) -> dict[str, int]:

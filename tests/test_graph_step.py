@@ -4,13 +4,13 @@ refuse what it does not implement. On a GPU the captured graph must match the ea
 
 import pytest
 import torch
+from conftest import QUIET, TINY, SignalAt
 
 from bnonly.config import ConfigError, TrainConfig
 from bnonly.data import make_batches, open_dataset
 from bnonly.rundir import RunDir
 from bnonly.training import Interrupted, train
 from bnonly.training.graph_step import DeviceStep
-from conftest import QUIET, TINY, SignalAt
 
 CAPTURE = dict(TINY, augment="cifar", capture=True)
 
@@ -28,7 +28,7 @@ def test_the_device_counter_walks_the_eager_batches(augment):
                       lr_at_step=lambda i: 0.1)
     for epoch, start in ((0, 0), (2, 3)):
         numbers = step.epoch(epoch, start)
-        for b, (x, y) in zip(numbers, batches.batches(epoch, start)):
+        for _, (x, y) in zip(numbers, batches.batches(epoch, start)):
             got_x, got_y = step.current_batch()
             assert torch.equal(got_x, x) and torch.equal(got_y, y) and got_x.is_contiguous(
                 memory_format=torch.channels_last)

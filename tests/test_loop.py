@@ -7,11 +7,11 @@ import signal
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QUIET, TINY, SignalAt
 
 from bnonly.config import TrainConfig
 from bnonly.rundir import RunDir
 from bnonly.training import OBJECTIVES, OPTIMIZERS, Callback, Interrupted, train
-from conftest import QUIET, TINY, SignalAt
 
 
 def tiny(tmp_path, **kw):

@@ -10,8 +10,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnonly.cli import main
 from bnonly.layers import output_layer
-from bnonly.models import (MODEL_FAMILIES, GAMMA_INITS, WEIGHT_INITS, create_model, family_of, initialize, list_models,
-                           model_families)
+from bnonly.models import (
+    GAMMA_INITS,
+    MODEL_FAMILIES,
+    WEIGHT_INITS,
+    create_model,
+    family_of,
+    initialize,
+    list_models,
+    model_families,
+)
 from bnonly.trainable import configure, count_trainable
 
 

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from conftest import QUIET, TINY
 
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.rundir import RunDir
 from bnonly.sweep import LocalSweep, SweepError, gpu_of_slot, jobs_for
 from bnonly.training import train
-from conftest import QUIET, TINY
 
 
 def test_runs_per_gpu_places_k_runs_on_every_gpu():

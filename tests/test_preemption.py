@@ -12,16 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
+from conftest import QUIET, SignalAt
 
 from bnonly import slurm
 from bnonly.cli import main
 from bnonly.config import from_dict
 from bnonly.rundir import CheckpointError, RunDir
 from bnonly.training import EXIT_INTERRUPTED, Interrupted, train
-import conftest
-from conftest import QUIET, SignalAt
 
 TINY = dict(conftest.TINY, epochs=4, milestones=(2, 3), schedule_epochs=4)
 LONG = dict(TINY, epochs=12, eval_every=0.5, milestones=(8,), schedule_epochs=12)  # 96 steps: time to be killed
@@ -42,7 +42,8 @@ def finals_equal(a: RunDir, b: RunDir) -> bool:
 def reference(tmp_path_factory):
     """Uninterrupted runs of the TINY and LONG configs."""
     root = tmp_path_factory.mktemp("reference")
-    return {name: RunDir(train(cfg_at(root, base), **QUIET)["run_dir"]) for name, base in (("tiny", TINY), ("long", LONG))}
+    return {name: RunDir(train(cfg_at(root, base), **QUIET)["run_dir"])
+            for name, base in (("tiny", TINY), ("long", LONG))}
 
 
 @pytest.mark.compute

@@ -1,8 +1,10 @@
 """The fast-path preparation computes exactly what the plain model computes, and costs less."""
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_DATA
 from torch import nn
 
 from bnonly import compute, speed
@@ -15,8 +17,7 @@ from bnonly.training import build, train
 
 pytestmark = pytest.mark.compute  # every test here: numerics or memory of the fast path
 
-TINY = dict(model="cifar_resnet_8_8", data="synthetic:train=128,test=64,classes=4,size=16", batch_size=32,
-            epochs=1, milestones=(1,), schedule_epochs=1, augment="cifar", progress=False, device="cpu", threads=1)
+TINY = dict(conftest.TINY, data=SMALL_DATA, epochs=1, schedule_epochs=1, augment="cifar")
 
 
 def _model(name="cifar_resnet_8_8", spec="bn"):
@@ -41,7 +42,8 @@ def _sgd_steps(model, batches, autocast=False):
 
 def _batches(n=3, size=16, batch=8):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 4, (batch,), generator=g)) for _ in range(n)]
+    return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 4, (batch,), generator=g))
+            for _ in range(n)]
 
 
 # --- frozen weights pre-cast once ------------------------------------------------------------

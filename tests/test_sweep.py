@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA
 
 from bnonly import slurm
 from bnonly.cli import main
@@ -19,7 +20,6 @@ from bnonly.sweep import LocalSweep, SweepError, expand, load_spec, state, statu
 from bnonly.training import EXIT_INTERRUPTED, EXIT_LOCKED, train
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = "synthetic:train=256,test=128,classes=4,size=16"
 BASE = dict(model="cifar_resnet_8_8", data=DATA, batch_size=32, epochs=1, milestones=[1], schedule_epochs=1,
             augment="none", device="cpu")
 
@@ -37,7 +37,8 @@ def test_spec_expands_products_unions_and_drops_duplicates(tmp_path, capsys):
     assert [(c.train, c.seed) for c in cfgs] == [("bn", 0), ("bn", 1), ("all", 0), ("all", 1)]
     assert all(c.out == str(tmp_path / "out") and c.epochs == 1.0 and c.milestones == (1,) for c in cfgs)
     assert cfgs[0] == from_dict({**BASE, "out": str(tmp_path / "out")})
-    preset = expand(load_spec(write_spec(tmp_path / "p.yaml", preset="imagenet", grid={"seed": [3], "warmup_epochs": [0]})))
+    preset = expand(load_spec(write_spec(tmp_path / "p.yaml", preset="imagenet",
+                                         grid={"seed": [3], "warmup_epochs": [0]})))
     assert preset[0].lr == 0.4 and preset[0].batch_size == 32 and preset[0].seed == 3 and preset[0].out == "runs"
 
     for bad, message in [(dict(grid={"seed": 3}), "non-empty list"), (dict(grid={"sed": [1]}), "unknown config field"),
@@ -50,7 +51,8 @@ def test_spec_expands_products_unions_and_drops_duplicates(tmp_path, capsys):
 
 
 def test_paper_sweep_files_cover_the_study():
-    deep, wide, what = (expand(load_spec(REPO / "sweeps" / f"cifar10_{n}.yaml")) for n in ("deep", "wide", "what_trains"))
+    deep, wide, what = (expand(load_spec(REPO / "sweeps" / f"cifar10_{n}.yaml"))
+                        for n in ("deep", "wide", "what_trains"))
     configs = ["all", "bn", "bn+output", "output", "random-per-channel:2", "random:matched"]
     assert {c.model for c in deep} == {f"cifar_resnet_{d}" for d in (14, 32, 56, 110, 218, 434, 866)}
     assert {c.model for c in wide} == {"cifar_resnet_14"} | {f"cifar_resnet_14_{w}" for w in (32, 64, 128, 256, 512)}

@@ -10,8 +10,20 @@ from torch import nn
 
 from bnonly import layers
 from bnonly.models import initialize
-from bnonly.trainable import (SPEC_HELP, TERMS, SpecError, bn_param_count, configure, layer_breakdown, parse_spec,
-                              plain_state_dict, select, spec_help, term_table_markdown, trainable_parameters)
+from bnonly.trainable import (
+    SPEC_HELP,
+    TERMS,
+    SpecError,
+    bn_param_count,
+    configure,
+    layer_breakdown,
+    parse_spec,
+    plain_state_dict,
+    select,
+    spec_help,
+    term_table_markdown,
+    trainable_parameters,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,21 +1,19 @@
 """Training runs end to end on synthetic data: run folder, resume, failures, CLI."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
+import conftest
 import pytest
 import torch
+from conftest import QUIET, SignalAt
 
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import create_model
 from bnonly.rundir import RunDir
 from bnonly.training import Interrupted, TrainingFailed, train
-import conftest
-from conftest import QUIET, SignalAt
 
 TINY = dict(conftest.TINY, epochs=3, milestones=(1, 2), schedule_epochs=3)
 
@@ -197,7 +195,8 @@ def test_thin_strided_1x1_conv_trains_in_nchw_on_the_cpu(tmp_path):
 
     assert build(tiny(tmp_path, model="cifar_resnet_8_4")).channels_last is False
     assert build(tiny(tmp_path)).channels_last is True  # width 8: the fast default stays
-    with pytest.raises(ConfigError, match="corrupts memory on the CPU.*so it trains in NCHW there: use --no-channels-last$"):
+    with pytest.raises(ConfigError,
+                       match="corrupts memory on the CPU.*so it trains in NCHW there: use --no-channels-last$"):
         build(tiny(tmp_path, model="cifar_resnet_8_4", channels_last=True))
     # In a child process, since the bug crashes the interpreter: one thread, backward through the shortcut.
     # Without the fallback this run ends in a segfault (exit 139), measured.

@@ -6,9 +6,11 @@ import json
 import math
 from dataclasses import fields
 
+import conftest
 import pytest
 import torch
 import yaml
+from conftest import SMALL_DATA
 
 from bnonly import rundir
 from bnonly.cli import main
@@ -18,9 +20,7 @@ from bnonly.errors import OutputError
 from bnonly.rundir import RunDir
 from bnonly.training import train
 
-DATA = "synthetic:train=128,test=64,classes=4,size=16"
-TINY = dict(model="cifar_resnet_8_8", data=DATA, batch_size=32, epochs=2, milestones=(1,), schedule_epochs=2,
-            augment="none", progress=False, device="cpu", threads=1)
+TINY = dict(conftest.TINY, data=SMALL_DATA)
 NAN, INF = float("nan"), float("inf")
 
 # Every field, with values it must refuse and the start of the refusal.
@@ -29,7 +29,8 @@ BAD = {
     "train": [("  ", "not empty")],
     "bn_affine": [("maybe", "not true or false"), (2, "not true or false")],
     "gamma_init": [("zeros", "one of uniform, ones")],
-    "seed": [(-1, ">= 0"), (2**63, ">= 0 and <= 9223372036854775807"), (1.5, "not an integer"), (True, "not an integer")],
+    "seed": [(-1, ">= 0"), (2**63, ">= 0 and <= 9223372036854775807"), (1.5, "not an integer"),
+             (True, "not an integer")],
     "selection_seed": [(-3, ">= 0")],
     "num_classes": [(0, ">= 2"), (1, ">= 2")],
     "data": [(7, "not a string")],
@@ -102,15 +103,15 @@ def test_each_fields_help_states_its_bounds():
 
 def test_the_cli_and_config_files_refuse_the_same_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "runs"
-    base = ["train", "--data", DATA, "--out", str(out), "--device", "cpu"]
+    base = ["train", "--data", SMALL_DATA, "--out", str(out), "--device", "cpu"]
     assert main(base + ["--epochs", "0"]) == 2
     assert capsys.readouterr().err == "bnonly train: error: epochs=0 is out of range: allowed > 0 and <= 100000\n"
     assert main(base + ["--momentum", "2"]) == 2
     assert capsys.readouterr().err.strip().endswith("momentum=2 is out of range: allowed >= 0 and < 1")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"momentum": 2, "data": DATA}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"momentum": 2, "data": SMALL_DATA}))
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().endswith("momentum=2 is out of range: allowed >= 0 and < 1")
-    assert main(["train", "--nproc", "2", "--epochs", "-1", "--data", DATA, "--out", str(out)]) == 2
+    assert main(["train", "--nproc", "2", "--epochs", "-1", "--data", SMALL_DATA, "--out", str(out)]) == 2
     assert "epochs=-1 is out of range" in capsys.readouterr().err
     assert not out.exists()
 
@@ -183,14 +184,16 @@ def test_a_sweep_lists_every_bad_run_before_training_any(tmp_path, capsys):
         assert main(["sweep", str(spec), "--out", str(out), "--launcher", launcher]) == 2
         err = capsys.readouterr().err
         assert "4 of the sweep's 6 runs are invalid, so none was started" in err
-        for line in ("run 3 (momentum=2): momentum=2 is out of range", "run 4 (model=cifar_resnet_9): invalid model name",
+        for line in ("run 3 (momentum=2): momentum=2 is out of range",
+                     "run 4 (model=cifar_resnet_9): invalid model name",
                      "run 5 (train=bn+gama): unknown what-trains term 'gama'", "run 6 (data="):
             assert line in err, line
         assert not out.exists()
 
 
 def test_nan_and_infinite_floats_never_reach_the_loop():
-    for name in ("epochs", "lr", "momentum", "weight_decay", "lr_gamma", "warmup_epochs", "schedule_epochs", "eval_every"):
+    for name in ("epochs", "lr", "momentum", "weight_decay", "lr_gamma", "warmup_epochs", "schedule_epochs",
+                 "eval_every"):
         for value in (NAN, INF, -INF):
             with pytest.raises(ConfigError, match=f"^{name}="):
                 TrainConfig(**{name: value})

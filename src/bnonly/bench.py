@@ -28,8 +28,8 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,11 +40,11 @@ from torch import nn
 from . import config as cfgmod
 from .data import ArrayDataset, open_dataset
 from .data.batches import CIFAR_PAD, NORMALIZATIONS
+from .errors import BnonlyError
 from .models import create_model
 from .rundir import RunDir
 from .trainable import configure, trainable_parameters
 from .training import Trainer, build, resolve_device
-from .errors import BnonlyError
 
 DEFAULT_DATA = "synthetic:train=4096,test=256,classes=10,size=32"
 """CIFAR-shaped random images: throughput does not depend on pixel values."""
@@ -319,7 +319,8 @@ def profile_step(p: Pipeline, device: torch.device, top: int = 12) -> dict:
     else:  # on a GPU: the kernels' busy time, and what the CPU spends its time on meanwhile
         table = (averages.table(sort_by="self_device_time_total", row_limit=top) + "\n"
                  + averages.table(sort_by="self_cpu_time_total", row_limit=top))
-        kernels = [a for a in averages if a.device_type != DeviceType.CPU and not getattr(a, "is_user_annotation", False)]
+        kernels = [a for a in averages
+                   if a.device_type != DeviceType.CPU and not getattr(a, "is_user_annotation", False)]
         evidence = dict(gpu_busy_s=sum(a.self_device_time_total for a in kernels) / 1e6)
     return dict(**evidence,
         conv_backward_by_mask=dict(masks),
@@ -436,7 +437,8 @@ def _packed_rates(cfg: cfgmod.TrainConfig, k: int, seconds: float, warmup: int) 
 
     ctx = multiprocessing.get_context("spawn")  # CUDA-safe, and each process has its own torch state
     ready, results = ctx.Barrier(k + 1), ctx.Queue()
-    procs = [ctx.Process(target=_packed_worker, args=(cfg.to_dict(), seconds, warmup, ready, results)) for _ in range(k)]
+    procs = [ctx.Process(target=_packed_worker, args=(cfg.to_dict(), seconds, warmup, ready, results))
+             for _ in range(k)]
     for p in procs:
         p.start()
     ready.wait()  # every process built and warmed up: the timed windows begin together
@@ -500,7 +502,8 @@ def format_report(r: dict) -> str:
                      f"{100 * row[f'fraction_of_{dt}_peak']:>16.1f}%{100 * row['fraction_of_bfloat16_peak']:>12.1f}%")
     if "speedup" in r:
         lines.append(f"fast / conventional (median of paired windows): {r['speedup']:.2f}x"
-                     + (f"  (at the same thread count: {r['speedup_same_threads']:.2f}x)" if "speedup_same_threads" in r else ""))
+                     + (f"  (at the same thread count: {r['speedup_same_threads']:.2f}x)"
+                        if "speedup_same_threads" in r else ""))
     lines.append(f"process max RSS {r['max_rss_mib']:.0f} MiB;  load average at start {r['load_average']}")
     if "profile" in r:
         e = r["profile"]
@@ -576,7 +579,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--threads", default="auto",
                    help="CPU threads of the fast path: N, or auto = the fastest measured (default); "
                         "the conventional pipeline keeps torch's default")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the fast path")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the fast path")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast in the fast path (default: the fast defaults for the device)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

@@ -17,7 +17,6 @@ from .models import create_model, model_families
 from .trainable import configure, layer_breakdown
 from .training import count_summary, train
 
-
 # Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
 EXTRA_SUBCOMMANDS = ["bnonly.analysis", "bnonly.report", "bnonly.sweep_command", "bnonly.bench", "bnonly.compact"]
 
@@ -85,7 +84,8 @@ def cmd_info(args) -> int:
     width = max(len(r["name"]) for r in layers)
     print(f"{'parameter':<{width}}  {'layer':<12} {'shape':<20} {'total':>12} {'trainable':>10}")
     for r in layers:
-        print(f"{r['name']:<{width}}  {r['layer']:<12} {str(tuple(r['shape'])):<20} {r['total']:>12,} {r['trainable']:>10,}")
+        print(f"{r['name']:<{width}}  {r['layer']:<12} {str(tuple(r['shape'])):<20} "
+              f"{r['total']:>12,} {r['trainable']:>10,}")
     print()
     for k, v in info.items():
         print(f"{k:<17} {v:,}" if isinstance(v, int) else f"{k:<17} {v}")
@@ -102,11 +102,13 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnonly", description="Train only BatchNorm of random CNNs, and compare honestly.")
+    parser = argparse.ArgumentParser(prog="bnonly",
+                                     description="Train only BatchNorm of random CNNs, and compare honestly.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run (or resume it, or report it if finished)")
-    p.add_argument("--preset", default=None, help=f"recipe to start from: {', '.join(cfgmod.PRESETS)} (default: cifar10)")
+    p.add_argument("--preset", default=None,
+                   help=f"recipe to start from: {', '.join(cfgmod.PRESETS)} (default: cifar10)")
     p.add_argument("--config", default=None, help="YAML/JSON file of config fields (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--nproc", type=int, default=1,

@@ -3,8 +3,8 @@
 This module is the device policy: which device ``auto`` means, which models must avoid a memory
 format there, and the compute settings. Five settings change how fast a run goes and, slightly,
 its floating-point rounding, but not the experiment: bf16 autocast, the channels_last memory
-format, ``torch.compile``, capturing the whole step in one CUDA graph, and the CPU thread count. None of them is part of a run's identity (its hash). They are resolved here, in
-this order of precedence:
+format, ``torch.compile``, capturing the whole step in one CUDA graph, and the CPU thread count. None of them
+is part of a run's identity (its hash). They are resolved here, in this order of precedence:
 
 1. an explicit value in the config (``--bf16``, ``--threads 2``, ...);
 2. the value recorded in the run's checkpoint, when the run is resumed: a run keeps the
@@ -23,8 +23,8 @@ for tests that exercise the other path; it never overrides an explicit flag or a
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -81,7 +81,7 @@ class Capabilities:
     cpu_flags: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, device_type: str) -> "Capabilities":
+    def of(cls, device_type: str) -> Capabilities:
         return cls(device_type, read_cpu_flags() if device_type == "cpu" else frozenset())
 
     @property

@@ -83,10 +83,11 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    ids = ([device.index if device.index is not None else torch.cuda.current_device()]
+           if device.type == "cuda" else None)
     # torch 2.13 renamed broadcast_buffers to forward_sync_buffers (the old name warns).
-    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
-        else "broadcast_buffers"
+    ddp_params = inspect.signature(DistributedDataParallel).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers"
     return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
 
 

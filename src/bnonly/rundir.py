@@ -30,7 +30,6 @@ import torch
 
 from .errors import CheckpointError, OutputError, RunLocked
 
-
 CHECKPOINT_MAGIC = b"bnonly-checkpoint sha256="
 
 

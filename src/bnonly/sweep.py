@@ -60,7 +60,8 @@ def load_spec(path: str | Path) -> Spec:
     grid = raw.get("grid") or {}
     grids = grid if isinstance(grid, list) else [grid]
     if not isinstance(base, dict) or not all(isinstance(g, dict) for g in grids):
-        raise SweepError(f"in {p}, base: must be a mapping and grid: a mapping (or a list of mappings) of field -> values")
+        raise SweepError(f"in {p}, base: must be a mapping and grid: a mapping (or a list of mappings) "
+                         "of field -> values")
     for g in grids:
         for name, values in g.items():
             if not isinstance(values, list) or not values:

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import config as cfgmod
 from . import slurm
 from .errors import EXIT_INTERRUPTED
-from .sweep import LocalSweep, SweepError, gpu_count, expand, jobs_for, load_spec, state, status
+from .sweep import LocalSweep, SweepError, expand, gpu_count, jobs_for, load_spec, state, status
 from .training import preflight
 
 
@@ -20,7 +20,8 @@ def add_subcommand(sub) -> None:
                                    "those not finished yet; see docs on scale-out.")
     p.add_argument("spec", metavar="SPEC_FILE", help="YAML sweep file")
     p.add_argument("--out", default=None, help="output root (default: base's out, else 'runs')")
-    p.add_argument("--status", action="store_true", help="show done/running/failed/pending counts and failures; train nothing")
+    p.add_argument("--status", action="store_true",
+                   help="show done/running/failed/pending counts and failures; train nothing")
     p.add_argument("--jobs", type=int, default=None, help="runs at once on this machine (local launcher; default 1)")
     p.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
                    help="K runs at once on every GPU of this machine (local launcher), one process each")
@@ -33,7 +34,8 @@ def add_subcommand(sub) -> None:
     g.add_argument("--time", type=int, default=24 * 60, help="time limit per job in minutes (requeued from "
                                                              "its checkpoint when it runs out; default 1440)")
     g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; more than 1 trains it with DDP")
-    g.add_argument("--tasks-per-run", type=int, default=None, help="processes (DDP ranks) per run (default: one per GPU)")
+    g.add_argument("--tasks-per-run", type=int, default=None,
+                   help="processes (DDP ranks) per run (default: one per GPU)")
     g.add_argument("--cpus-per-run", type=int, default=None, help="CPU cores per run")
     g.add_argument("--mem-gb", type=float, default=None, help="memory per run in GB")
     g.add_argument("--max-parallel", type=int, default=None, help="at most this many array jobs at once")

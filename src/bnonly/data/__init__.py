@@ -20,8 +20,16 @@ from .batches import (
     make_batches,
 )
 from .errors import DataError
-from .source import (DATA_FORMATS, DatasetSource, OpenOptions, array_source, detect_format, local_path, open_dataset,
-                     select_classes)
+from .source import (
+    DATA_FORMATS,
+    DatasetSource,
+    OpenOptions,
+    array_source,
+    detect_format,
+    local_path,
+    open_dataset,
+    select_classes,
+)
 from .stream import FolderSplit
 
 __all__ = [

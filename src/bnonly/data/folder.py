@@ -232,7 +232,8 @@ def _write_cache(entry: Path, key: str, classes: list[str], arrays: dict[str, np
         # meta.json last: its presence with the right key marks a complete entry.
         _save_atomic(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     except OSError as exc:
-        warnings.warn(f"could not write the decoded-image cache at {entry} ({exc}); it will be decoded again next time")
+        warnings.warn(f"could not write the decoded-image cache at {entry} ({exc}); it will be decoded again next time",
+                      stacklevel=2)
         return
     prefix = _entry_prefix(source)
     for stale in entry.parent.glob(f"{prefix}*"):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bnonly.models.init import DEFAULT_WEIGHT_INIT, WEIGHT_INITS, check_gamma_init, check_weight_init, initialize
+
 from ..errors import BnonlyError
 from ..registry import Entry, Registry
 

@@ -9,8 +9,16 @@ re-expressed as its frozen values plus a small trainable vector of the selected 
 """
 
 from ..layers import bn_param_count
-from .apply import (TrainableEntries, apply_selection, configure, count_trainable, disable_bn_affine, layer_breakdown,
-                    plain_state_dict, trainable_parameters)
+from .apply import (
+    TrainableEntries,
+    apply_selection,
+    configure,
+    count_trainable,
+    disable_bn_affine,
+    layer_breakdown,
+    plain_state_dict,
+    trainable_parameters,
+)
 from .spec import TERMS, SelectContext, Selection, SpecError, parse_spec, select, spec_help, term_table_markdown
 from .terms import SPEC_HELP, matched_count, output_layer  # importing terms registers the built-in terms
 

@@ -17,8 +17,8 @@ from .. import compute, distributed, speed
 from ..config import TrainConfig
 from ..data import detect_format, make_batches, open_dataset
 from ..errors import ConfigError
-from ..models import WEIGHT_INITS, create_model
 from ..layers import BATCHNORM_TYPES, layers_of, output_layer
+from ..models import WEIGHT_INITS, create_model
 from ..rundir import RunDir, read_json
 from ..trainable import configure, parse_spec
 from .callbacks import LOGGERS
@@ -30,7 +30,8 @@ NO_DATA = "no dataset given: pass --data PATH (a CIFAR folder/archive, an image 
 
 def preflight(cfg: TrainConfig, *, check_device: bool = True) -> None:
     """The model name, the what-trains spec, the optimizer and loss names, the device, and that
-    a registered data format recognizes the data path. ``check_device=False`` where the device is elsewhere (a Slurm node)."""
+    a registered data format recognizes the data path. ``check_device=False`` where the device is
+    elsewhere (a Slurm node)."""
     if check_device:
         compute.resolve_device(cfg.device)
     create_model(cfg.model, cfg.num_classes, gamma_init=cfg.gamma_init, seed=None, device="meta")
@@ -85,9 +86,11 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     model, selection = build_model(cfg, num_classes)
     _check_image_fits(model, cfg.model, dataset.train)
     if cfg.sync_bn and distributed.world().distributed and device.type == "cpu":
-        other = sorted({type(m).__name__ for _, m in layers_of(model, BATCHNORM_TYPES) if type(m) is not nn.BatchNorm2d})
+        other = sorted({type(m).__name__ for _, m in layers_of(model, BATCHNORM_TYPES)
+                        if type(m) is not nn.BatchNorm2d})
         if other:
-            raise ConfigError(f"--sync-bn on the CPU synchronizes BatchNorm2d only, and {cfg.model} has {', '.join(other)}: "
+            raise ConfigError(f"--sync-bn on the CPU synchronizes BatchNorm2d only, and {cfg.model} has "
+                              f"{', '.join(other)}: "
                               "leave --sync-bn out (per-process statistics) or train on GPUs")
     settings, note = compute.resolve(
         dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, capture=cfg.capture,

@@ -18,8 +18,8 @@ each callback in order. The built-ins, in the order the loop runs them:
 
 A callback that keeps state across steps returns it from ``state_dict(loop)`` (plain tensors and
 numbers; every rank calls it, so it may be a collective), and it is saved in every checkpoint
-under the callback's ``name`` and given back by ``load_state_dict(state, loop)`` on resume, so a resumed run continues bit for bit. Heavy work (evaluation,
-saving) runs inside ``loop.untimed()`` so that it does not count as training time.
+under the callback's ``name`` and given back by ``load_state_dict(state, loop)`` on resume, so a resumed run continues
+bit for bit. Heavy work (evaluation, saving) runs inside ``loop.untimed()`` so that it does not count as training time.
 
 Hooks: ``on_fit_start(loop)`` once per launch (also after a resume), ``on_step_end(loop, out)``
 after every step, ``on_fit_end(loop)`` when the last step is done, ``close(loop)`` always (also on
@@ -37,8 +37,8 @@ import torch
 
 from .. import distributed
 from ..errors import ConfigError, TrainingFailed
-from ..registry import Registry
 from ..layers import RUNNING_STATS_TYPES, layers_of
+from ..registry import Registry
 from .evaluate import autocast, evaluate
 from .schedule import lr_at
 
@@ -82,7 +82,8 @@ class FiniteCheck(Callback):
         loss = out.loss
         value = float(distributed.all_sum(loss) / loop.world.world_size) if loop.world.distributed else loss.item()
         if not math.isfinite(value):
-            raise TrainingFailed(f"non-finite training loss ({value}) at step {loop.step}; lower --lr or check the data")
+            raise TrainingFailed(f"non-finite training loss ({value}) at step {loop.step}; "
+                                 "lower --lr or check the data")
         loop.last_loss = value
 
 
@@ -277,7 +278,8 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'bnonly[tensorboard]'") from None
+            raise ConfigError("--log tensorboard needs the tensorboard package: "
+                              "pip install 'bnonly[tensorboard]'") from None
         self.writer = SummaryWriter(log_dir=str(loop.run.path / "tensorboard"), purge_step=loop.step + 1)
 
     def on_step_end(self, loop, out) -> None:
@@ -296,4 +298,5 @@ class TensorBoard(Callback):
 
 LOGGERS: Registry = Registry("logging backend", "a Callback class taking no arguments, run after Metrics")
 """``--log NAME[,NAME]``: extra logging callbacks beside metrics.jsonl."""
-LOGGERS.register("tensorboard", TensorBoard, help="TensorBoard scalars in RUN_DIR/tensorboard (pip install 'bnonly[tensorboard]')")
+LOGGERS.register("tensorboard", TensorBoard,
+                 help="TensorBoard scalars in RUN_DIR/tensorboard (pip install 'bnonly[tensorboard]')")

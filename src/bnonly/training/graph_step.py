@@ -25,7 +25,7 @@ bit. Resume is exact either way: the momentum buffers live in the optimizer's st
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

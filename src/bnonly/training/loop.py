@@ -165,7 +165,8 @@ class Trainer:
                     for cb in self.callbacks:
                         cb.on_step_end(self, out)
                     if self.interrupted:
-                        raise Interrupted(f"{self.interrupted} at step {self.step}/{self.total_steps}", self.interrupted)
+                        raise Interrupted(f"{self.interrupted} at step {self.step}/{self.total_steps}",
+                                          self.interrupted)
                     if self.step >= self.total_steps or self.finished_early:
                         break
             for cb in self.callbacks:

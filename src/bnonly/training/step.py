@@ -7,8 +7,8 @@ object with the same call signature can stand in for it (the loop only calls it)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
