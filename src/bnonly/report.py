@@ -686,7 +686,7 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     md += ["## Against the published numbers", "",
            "Published numbers are for full-length training (the paper's framework: 160 epochs) on the original "
            "CIFAR-10 images; "
-           "[paper] = the paper's own text, [third-party] = others' reproductions (as PAPER.md marks them).", "",
+           "; ".join(f"{mark} = {text}" for mark, text in paper.SOURCES.items()) + " (as PAPER.md marks them).", "",
            _table(["claim", "published", "source", "this study"], _paper_rows(groups)), ""]
 
     md += ["## Accuracy against depth, width and trainable parameters", ""]
