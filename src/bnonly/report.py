@@ -685,8 +685,8 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
 
     md += ["## Against the published numbers", "",
            "Published numbers are for full-length training (the paper's framework: 160 epochs) on the original "
-           "CIFAR-10 images; "
-           "; ".join(f"{mark} = {text}" for mark, text in paper.SOURCES.items()) + " (as PAPER.md marks them).", "",
+           "CIFAR-10 images; " + "; ".join(f"{mark} = {text}" for mark, text in paper.SOURCES.items())
+           + " (as PAPER.md marks them).", "",
            _table(["claim", "published", "source", "this study"], _paper_rows(groups)), ""]
 
     md += ["## Accuracy against depth, width and trainable parameters", ""]
