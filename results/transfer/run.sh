@@ -6,7 +6,7 @@
 #   2. BN-only, and BN + output layer, on task B (dog, frog, horse, ship, truck), starting from
 #      that network (--init-from: its final weights; its run id enters the new runs' identity);
 #   3. the same two on task B from random initialization, for comparison;
-#   4. bnonly analyze and bnonly report over the five runs, into this folder.
+#   4. results/publish.sh: analyse the five runs, copy their small files into runs/, report.
 # The source's five-class output layer is kept (the class count is the same): under bn it stays
 # frozen, so BN-only must map task B onto task A's head.
 # Usage, from anywhere: results/transfer/run.sh [RUNS_DIR]
@@ -27,6 +27,5 @@ for init in "--init-from $SOURCE" ""; do
   nice bnonly train "${common[@]}" --train bn+output --classes "$B" $init
   wait
 done
-nice bnonly analyze "$RUNS" --threads "${THREADS:-1}" --draws 3
-bnonly report "$RUNS" --out "$HERE" --title "bnonly: transfer by BatchNorm from a trained network (CIFAR-10 5+5 classes)" \
-  --note "$HERE/notes.md"
+results/publish.sh "$HERE" "$RUNS" \
+  --title "bnonly: transfer by BatchNorm from a trained network (CIFAR-10, 5 + 5 classes, 10 epochs)" --note "$HERE/notes.md"
