@@ -127,7 +127,6 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.step = self.saved_step = state["step"]
         self._wall0, self._train_time0, self.train_images = state["wall"], state["train_time"], state["train_images"]
-        self._started, self._untimed = time.perf_counter(), 0.0
         torch.set_rng_state(state["torch_rng"])
         saved = state.get("callbacks")
         if saved is None and "win_n" in state:  # a checkpoint from before callbacks held their state
@@ -153,6 +152,7 @@ class Trainer:
         """Train to the end (or until a callback finishes or interrupts the run); returns the
         last metrics row."""
         self.model.train()
+        self._started, self._untimed = time.perf_counter(), 0.0  # the clocks run from here, not from setup
         try:
             for cb in self.callbacks:
                 cb.on_fit_start(self)
