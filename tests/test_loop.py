@@ -147,3 +147,22 @@ def test_sigterm_and_sigusr2_stop_like_sigint(tmp_path):
         with pytest.raises(Interrupted) as e:
             train(tiny(tmp_path / sig.name), callbacks=[SignalAt({3}, sig)], **QUIET)
         assert e.value.signal_name == sig.name and "at step 3/16" in str(e.value)
+
+
+def test_evaluation_and_saving_do_not_count_as_training_time(tmp_path, monkeypatch):
+    import time
+
+    from bnonly.training import callbacks
+
+    original = callbacks.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "evaluate", slow_evaluate)
+    summary = train(tiny(tmp_path), **QUIET)  # 2 evaluations: 1 s of sleeping, outside training time
+    rows = RunDir(summary["run_dir"]).read_metrics()
+    train_seconds = summary["steps"] * TINY["batch_size"] / summary["images_per_second"]
+    assert summary["wall_seconds"] - train_seconds >= 0.9
+    assert rows[0]["wall_seconds"] < rows[1]["wall_seconds"] - 0.5  # each row's wall time is before its evaluation

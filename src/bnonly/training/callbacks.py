@@ -153,6 +153,7 @@ class Metrics(Callback):
         return t[0], t[1].long(), int(t[2])
 
     def evaluate(self, loop) -> None:
+        train_time, wall = loop.train_time, loop.wall  # up to this step: the evaluation is not training
         with loop.untimed():
             if loop.world.distributed:
                 distributed.broadcast_buffers(loop.model)  # evaluate (and save) rank 0's running statistics
@@ -163,8 +164,8 @@ class Metrics(Callback):
                 step=loop.step, epoch=round(loop.step / loop.steps_per_epoch, 4),
                 lr=lr_at(loop.cfg, (loop.step - 1) / loop.steps_per_epoch),
                 train_loss=float(loss) / max(n, 1), train_acc=int(correct) / max(n, 1), **result,
-                wall_seconds=round(loop.wall, 3),
-                images_per_second=round(loop.train_images * loop.world.world_size / max(loop.train_time, 1e-9), 1),
+                wall_seconds=round(wall, 3),
+                images_per_second=round(loop.train_images * loop.world.world_size / max(train_time, 1e-9), 1),
             )
             loop.last_row, self.last_eval_step = row, loop.step
             self._reset(loop.device)
