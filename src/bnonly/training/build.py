@@ -22,6 +22,7 @@ from ..models import WEIGHT_INITS, create_model
 from ..rundir import RunDir, read_json
 from ..trainable import configure, parse_spec
 from .callbacks import LOGGERS
+from .graph_step import check_capturable
 from .objectives import OBJECTIVES
 from .optimizers import OPTIMIZERS
 
@@ -108,6 +109,8 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=settings.channels_last,
                   num_workers=cfg.num_workers, rank=me.rank, world_size=me.world_size)
     train_batches = make_batches(dataset.train, batch_size=cfg.batch_size, train=True, augment=cfg.augment, **common)
+    if settings.capture:
+        check_capturable(train_batches, cfg.optimizer)
     test_batch = max(cfg.batch_size, 500)
     test_batch += -test_batch % me.world_size  # a global batch every rank takes an equal slice of
     test_batches = make_batches(dataset.test, batch_size=test_batch, train=False, augment="none", **common)

@@ -149,15 +149,26 @@ class DeviceStep:
             torch._foreach_add_(params, torch._foreach_mul(grads, neg_lr))
 
 
+def check_capturable(batches, optimizer: str) -> None:
+    """What ``build`` checks before anything is written: the data and the optimizer by name."""
+    _check_batches(batches)
+    if optimizer != "sgd":
+        raise ConfigError(f"--capture implements SGD only, not {optimizer}; leave --capture out")
+
+
 def _check_supported(optimizer, batches) -> None:
+    _check_batches(batches)
+    if optimizer is not None:
+        if type(optimizer) is not torch.optim.SGD:
+            raise ConfigError(f"--capture implements SGD only, not {type(optimizer).__name__}; leave --capture out")
+        if any(g["nesterov"] or g["dampening"] or g.get("maximize") for g in optimizer.param_groups):
+            raise ConfigError("--capture implements plain SGD with momentum (no Nesterov, dampening or maximize)")
+
+
+def _check_batches(batches) -> None:
     if not isinstance(batches, DeviceBatches):
         raise ConfigError("--capture needs in-memory data (CIFAR-style arrays on the device), not a streamed folder")
     if batches.plan.world_size != 1:
         raise ConfigError("--capture trains one process per run; leave it out with several processes (DDP)")
     if not batches.plan.drop_last:
         raise ConfigError("--capture needs every training batch to be full (drop_last)")
-    if optimizer is not None:
-        if type(optimizer) is not torch.optim.SGD:
-            raise ConfigError(f"--capture implements SGD only, not {type(optimizer).__name__}; leave --capture out")
-        if any(g["nesterov"] or g["dampening"] or g.get("maximize") for g in optimizer.param_groups):
-            raise ConfigError("--capture implements plain SGD with momentum (no Nesterov, dampening or maximize)")
