@@ -461,6 +461,16 @@ def test_analyze_a_finished_run_writes_json_and_figures(tmp_path):
     assert redone["affine"] == af and redone["disabled"] == dis and redone["ablation"]["draws"] == 3
 
 
+def test_a_run_on_a_class_subset_is_analysed_on_that_subset(tmp_path):
+    # Found by results/transfer: analysis reopened the data without --classes, built a 4-way head
+    # for a 2-class run and failed in load_state_dict.
+    summary = tiny_run(tmp_path, train="bn", epochs=1, classes="class2,class0")
+    run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
+    a = analyze_run(run_dir, draws=2, figures=False)
+    assert a["num_classes"] == 2
+    assert a["sections"]["ablation"]["baseline_acc"] == summary["test_acc"] == a["summary_test_acc"]
+
+
 def test_analyze_redoes_a_format_2_file_and_reuses_a_fresh_one_without_loading_the_run(tmp_path):
     summary = tiny_run(tmp_path, train="bn", epochs=1)
     run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]

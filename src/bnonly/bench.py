@@ -38,13 +38,13 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from . import config as cfgmod
-from .data import ArrayDataset, open_dataset
+from .data import ArrayDataset
 from .data.batches import CIFAR_PAD, NORMALIZATIONS
 from .errors import BnonlyError
 from .models import create_model
 from .rundir import RunDir
 from .trainable import configure, trainable_parameters
-from .training import Trainer, build, resolve_device
+from .training import Trainer, build, open_data, resolve_device
 
 DEFAULT_DATA = "synthetic:train=4096,test=256,classes=10,size=32"
 """CIFAR-shaped random images: throughput does not depend on pixel values."""
@@ -346,7 +346,7 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
     """Benchmark ``cfg``'s fast path (and the conventional pipeline); returns every number measured."""
     device = resolve_device(cfg.device)
     default_threads = torch.get_num_threads()
-    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir)
+    dataset = open_data(cfg)
     num_classes = cfg.num_classes or dataset.num_classes
     result = dict(model=cfg.model, train=cfg.train, batch_size=cfg.batch_size, device=str(device),
                   device_name=_device_name(device), default_threads=default_threads,

@@ -6,7 +6,7 @@ Modules by job, imported in this order (each only imports those above it):
 - ``evaluate``: test-set evaluation (:func:`evaluate`);
 - ``objectives``, ``optimizers``: the registries ``OBJECTIVES`` (``--loss``) and ``OPTIMIZERS``
   (``--optimizer``);
-- ``build``: :func:`preflight` and :func:`build` (checks, data, model, what trains, speed);
+- ``build``: :func:`preflight`, :func:`open_data` and :func:`build` (checks, data, model, what trains, speed);
 - ``step``: :class:`TrainStep`, the one step the loop calls;
 - ``callbacks``: evaluation, checkpointing, progress, the finite check, signals, logging;
 - ``loop``: :class:`Trainer`, the loop and the resumable state;
@@ -15,7 +15,7 @@ Modules by job, imported in this order (each only imports those above it):
 
 from ..compute import resolve_device
 from ..errors import EXIT_INTERRUPTED, EXIT_LOCKED, Interrupted, TrainingFailed
-from .build import Built, build, preflight
+from .build import Built, build, open_data, preflight
 from .callbacks import LOGGERS, STOP_SIGNALS, Callback
 from .counting import count_summary
 from .evaluate import evaluate
@@ -29,5 +29,5 @@ from .step import StepOutput, TrainStep
 __all__ = [
     "EXIT_INTERRUPTED", "EXIT_LOCKED", "LOGGERS", "OBJECTIVES", "OPTIMIZERS", "STOP_SIGNALS", "Built", "Callback",
     "Interrupted", "StepOutput", "TrainStep", "Trainer", "TrainingFailed", "build", "count_summary",
-    "default_callbacks", "evaluate", "lr_at", "preflight", "resolve_device", "train",
+    "default_callbacks", "evaluate", "lr_at", "open_data", "preflight", "resolve_device", "train",
 ]

@@ -73,6 +73,15 @@ class Built:
         return self.compute.channels_last
 
 
+def open_data(cfg: TrainConfig, path: str | None = None):
+    """The dataset as a run of ``cfg`` sees it: its crop size and class subset (``path``: moved data).
+
+    Everything that reopens a run's data (training, analysis, bench) goes through here, so that a
+    run trained on five classes is evaluated on the same five, with a five-way output layer.
+    """
+    return open_dataset(path or cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size, classes=cfg.classes)
+
+
 def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_threads: int | None = None) -> Built:
     """Open the data, check the config against it, and build the model and batch sources.
 
@@ -82,7 +91,7 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     """
     preflight(cfg)  # the cheap checks first: a bad model name is reported before the data is read
     device = compute.resolve_device(cfg.device)
-    dataset = open_dataset(cfg.data, cache_dir=cfg.cache_dir, crop_size=cfg.image_size, classes=cfg.classes)
+    dataset = open_data(cfg)
     num_classes = _check_against_data(cfg, dataset)
     model, selection = build_model(cfg, num_classes)
     _check_image_fits(model, cfg.model, dataset.train)
