@@ -13,19 +13,20 @@ import torch
 import yaml
 from torch import nn
 
+from bnonly import config as cfgmod
 from bnonly import paper_numbers as paper
 from bnonly.analysis import column_values, migrate
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import MODEL_FAMILIES, create_model
-from bnonly.report import ReportError, make_report, model_shape, normalized
+from bnonly.report import ReportError, make_report, model_shape, normalized, off_recipe
 from bnonly.rundir import atomic_write_json
 from bnonly.trainable import bn_param_count
 from bnonly.training import train
 
-# Shortened like the reproduction: 2 epochs of the 160-epoch recipe's shape.
-TINY = dict(data="synthetic:train=128,test=64,classes=4,size=16", batch_size=32, epochs=2, augment="none",
-            progress=False, device="cpu", threads=1)
+# Shortened like the reproduction: 2 epochs of the 160-epoch recipe's shape, and otherwise the recipe
+# (batch 128, its augmentation), so that the report sets these runs beside the published numbers.
+TINY = dict(data="synthetic:train=128,test=64,classes=4,size=16", epochs=2, progress=False, device="cpu", threads=1)
 RUNS = [("cifar_resnet_8_8", "bn", 0), ("cifar_resnet_8_8", "bn", 1), ("cifar_resnet_8_8", "all", 0),
         ("cifar_resnet_8_8", "random:matched", 0), ("cifar_resnet_14_8", "bn", 0), ("cifar_resnet_8_16", "bn", 0)]
 
@@ -308,3 +309,32 @@ def test_runs_at_the_papers_schedule_get_the_paper_and_the_port_side_by_side(rep
     assert "read off a figure" in section and "- **BatchNorm statistics**: some runs" in section
     assert "| BN statistics (train / eval) |" in text
     assert "| cifar_resnet_14 | `all` | batch / recalibrated over 200 training batches | 0 |" in text
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({}, []), ({"data": "elsewhere", "epochs": 10.0, "eval_every": 5}, []),
+    ({"classes": "cat,dog", "init_from": "runs/a"}, ["init_from", "classes"]),
+    ({"batch_size": 64, "weight_init": "orthogonal"}, ["weight_init", "batch_size"]),
+    ({"augment": "cifar"}, []),  # an older name of what "auto" picks
+])
+def test_off_recipe_names_the_fields_that_make_another_experiment(change, expected):
+    cfg = normalized(TrainConfig(model="cifar_resnet_14").to_dict() | change)
+    assert off_recipe(cfg) == expected
+    # ImageNet ResNets are held to the imagenet preset, not to the CIFAR defaults.
+    imagenet = TrainConfig().replace(**cfgmod.PRESETS["imagenet"]).to_dict()
+    assert off_recipe(normalized(imagenet)) == []
+    assert off_recipe(normalized(imagenet | {"lr": 0.1})) == ["lr"]
+
+
+def test_runs_on_a_class_subset_are_not_set_beside_the_published_numbers(tmp_path):
+    # Found by results/transfer: 5-class accuracies were listed against the paper's 10-class ones.
+    runs = tmp_path / "runs"
+    for model, classes in (("cifar_resnet_14", "class0,class1"), ("cifar_resnet_8_8", "")):
+        train(TrainConfig(**{**TINY, "data": "synthetic:train=512,test=64,classes=4,size=16"}, model=model,
+                          train="bn", classes=classes, out=str(runs)), log=lambda *_: None)
+    text = make_report(runs, tmp_path / "out").read_text()
+    assert "| cifar_resnet_14 | `bn` | classes=class0,class1 |" in text
+    assert "1 configuration(s) here leave the paper's recipe in more than the data and the schedule's length " \
+           "(`classes`): a different experiment, left out of this table." in text
+    published = [line for line in text.splitlines() if line.startswith("| BN-only CIFAR-10 ResNet-14 |")]
+    assert published and all(line.endswith("| not run here |") for line in published)

@@ -110,8 +110,9 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
         if a is not None:
             analyses[name] = a
             row.update(an.column_values(a))
-        rows.append(row)
         configs.append(normalized(cfg))
+        row["off_recipe"] = ",".join(off_recipe(configs[-1]))
+        rows.append(row)
     for row, variant in zip(rows, _variants(configs)):
         row["variant"] = variant
     return rows, analyses, configs
@@ -131,13 +132,37 @@ def _variants(configs: list[dict]) -> list[str]:
     """Per run, the identity fields (other than model, spec and seed) that differ among the runs."""
     keys = [k for k in cfgmod.field_names() if k not in _NOT_VARIANT
             and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
-    return [", ".join(f"{k}={_fmt_value(c.get(k))}" for k in keys) for c in configs]
+    return [", ".join(f"{k}={_fmt_field(k, c.get(k))}" for k in keys) for c in configs]
+
+
+def _fmt_field(key: str, v) -> str:
+    if v is None or v == "":
+        return "—"
+    if key == "init_from":  # a path; the source run's folder name says which run it is
+        return Path(v).name
+    return _fmt_value(v)
 
 
 def _fmt_value(v) -> str:
     if isinstance(v, list):
         return ",".join(map(_fmt_value, v))
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+#: Fields a run may change and still be set beside the published numbers: the copy of the data and
+#: the schedule's length are stated next to every comparison, and these two do not change what is learned.
+_COMPARABLE_CHANGES = {"data", "epochs", "eval_every", "sync_bn"}
+
+
+def off_recipe(cfg: dict) -> list[str]:
+    """The identity fields in which a run (its config.json in today's terms) leaves the paper's recipe
+    for its model family (the field defaults for CIFAR; the imagenet preset for ImageNet ResNets),
+    other than the data and the schedule's length. A run with any (a class subset, a transfer, a
+    control) is a different experiment: the report does not set it beside the published numbers."""
+    preset = cfgmod.PRESETS["imagenet"] if cfg.get("model", "").startswith("imagenet_") else {}
+    recipe = normalized(cfgmod.TrainConfig().replace(**{k: v for k, v in preset.items() if k != "model"}).to_dict())
+    return [k for k in cfgmod.field_names() if k not in _NOT_VARIANT | _COMPARABLE_CHANGES
+            and json.dumps(cfg.get(k), sort_keys=True) != json.dumps(recipe.get(k), sort_keys=True)]
 
 
 def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[dict]:
@@ -252,7 +277,7 @@ def aggregate(df, columns: list[ReportColumn]):
                    seeds=",".join(str(s) for s in sorted(g["seed"])), n_analyzed=int(g["analyzed"].sum()),
                    trainable_params=int(first["trainable_params"]), total_params=int(first["total_params"]),
                    epochs=first["epochs"], schedule_epochs=first["schedule_epochs"], bn_train=first["bn_train"],
-                   bn_eval=first["bn_eval"])
+                   bn_eval=first["bn_eval"], off_recipe=first["off_recipe"])
         for c in value_cols:
             values = g[c].dropna().astype(float)
             row[f"{c}_mean"] = values.mean() if len(values) else math.nan
@@ -535,7 +560,7 @@ def _setup_lines(configs: list[dict]) -> list[str]:
 def _paper_rows(groups) -> list[list]:
     """Each published number next to this study's closest measurement, if any."""
     rows = []
-    by = {(r["model"], r["train"]): r for _, r in groups.iterrows()}
+    by = {(r["model"], r["train"]): r for _, r in groups.iterrows() if not r["off_recipe"]}
     for p in paper.PAPER_NUMBERS:
         value = ("~" if p.approximate else "") + f"{100 * p.value:.1f}%" + (" top-5" if p.metric == "top5" else "")
         here = "not run here"
@@ -578,7 +603,7 @@ def _at_paper_schedule(groups) -> list[tuple]:
     out = []
     for _, r in groups.iterrows():
         published = {p.source: p for p in paper.for_model(r["model"], r["train"]) if p.source in _SIDE_BY_SIDE}
-        if published and (r["epochs"], r["schedule_epochs"]) == full:
+        if published and (r["epochs"], r["schedule_epochs"]) == full and not r["off_recipe"]:
             out.append((r, published))
     return out
 
@@ -648,6 +673,16 @@ def _side_by_side(groups, configs: list[dict], wording: Wording) -> list[str]:
     return md + [""]
 
 
+def _left_out(groups) -> str:
+    """The sentence saying which configurations the published comparison leaves out, and why."""
+    changed = sorted({f for fs in groups["off_recipe"] for f in fs.split(",") if f})
+    if not changed:
+        return ""
+    n = int((groups["off_recipe"] != "").sum())
+    return (f" {n} configuration(s) here leave the paper's recipe in more than the data and the schedule's length "
+            f"({', '.join(f'`{f}`' for f in changed)}): a different experiment, left out of this table.")
+
+
 def render_markdown(*, title: str, root: Path, df, groups, figures: dict, configs: list[dict], pending: list[dict],
                     note: str | None, command: str | None, columns: list[ReportColumn], wording: Wording) -> str:
     md = [f"# {title}", ""]
@@ -686,7 +721,7 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
     md += ["## Against the published numbers", "",
            "Published numbers are for full-length training (the paper's framework: 160 epochs) on the original "
            "CIFAR-10 images; " + "; ".join(f"{mark} = {text}" for mark, text in paper.SOURCES.items())
-           + " (as PAPER.md marks them).", "",
+           + " (as PAPER.md marks them)." + _left_out(groups), "",
            _table(["claim", "published", "source", "this study"], _paper_rows(groups)), ""]
 
     md += ["## Accuracy against depth, width and trainable parameters", ""]
