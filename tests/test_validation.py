@@ -207,3 +207,22 @@ def test_eval_every_zero_evaluates_only_at_the_end(tmp_path):
 
 def test_output_error_is_a_bnonly_error_with_exit_2():
     assert OutputError("x").exit_code == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sweep", "s.yaml", "--jobs", "0"], "argument --jobs: 0 is out of range: allowed >= 1"),
+    (["sweep", "s.yaml", "--runs-per-gpu", "-1"], "argument --runs-per-gpu: -1 is out of range: allowed >= 1"),
+    (["sweep", "s.yaml", "--launcher", "slurm", "--time", "0"], "argument --time: 0 is out of range: allowed >= 1"),
+    (["sweep", "s.yaml", "--max-parallel", "0"], "argument --max-parallel: 0 is out of range: allowed >= 1"),
+    (["sweep", "s.yaml", "--mem-gb", "0"], "argument --mem-gb: 0 is out of range: allowed > 0"),
+    (["sweep", "s.yaml", "--mem-gb", "nan"], "argument --mem-gb: nan is out of range: allowed > 0"),
+    (["bench", "--runs", "0"], "argument --runs: 0 is out of range: allowed >= 1"),
+    (["bench", "--seconds", "-1"], "argument --seconds: -1 is out of range: allowed > 0"),
+    (["bench", "--windows", "two"], "argument --windows: 'two' is not an integer"),
+    (["train", "--nproc", "0"], "argument --nproc: 0 is out of range: allowed >= 1"),
+])
+def test_command_options_out_of_range_are_refused_before_anything_runs(argv, message, capsys):
+    # Once --jobs 0 and --seconds -1 were taken silently (as 1, and as an empty measurement).
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 from . import config as cfgmod
 from . import distributed
+from .argtypes import at_least
 from .errors import BnonlyError, Interrupted, TrainingFailed
 from .models import create_model, model_families
 from .trainable import configure, layer_breakdown
@@ -19,10 +20,6 @@ from .training import count_summary, train
 
 # Modules that each define ``add_subcommand(subparsers)`` for one more subcommand.
 EXTRA_SUBCOMMANDS = ["bnonly.analysis", "bnonly.report", "bnonly.sweep_command", "bnonly.bench", "bnonly.compact"]
-
-
-class UserError(BnonlyError):
-    """Bad input to a subcommand's own options: printed as one line, exit status 2."""
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +44,6 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if args.nproc < 1:
-        raise UserError(f"--nproc={args.nproc} is out of range: allowed >= 1")
     # Under torchrun only rank 0 reports.
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
     try:
@@ -111,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"recipe to start from: {', '.join(cfgmod.PRESETS)} (default: cifar10)")
     p.add_argument("--config", default=None, help="YAML/JSON file of config fields (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--nproc", type=at_least(int, 1), default=1,
                    help="train with N processes on this machine (starts torchrun; one GPU each, or gloo on CPU)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)

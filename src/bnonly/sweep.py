@@ -300,8 +300,6 @@ def jobs_for(jobs: int | None, runs_per_gpu: int | None, gpus: int) -> int:
         return jobs or 1
     if jobs is not None:
         raise SweepError("give --jobs or --runs-per-gpu, not both")
-    if runs_per_gpu < 1:
-        raise SweepError(f"--runs-per-gpu={runs_per_gpu} is out of range: allowed >= 1")
     if not gpus:
         raise SweepError("--runs-per-gpu needs a GPU and this machine has none; use --jobs N for N runs on the CPU")
     return runs_per_gpu * gpus
