@@ -471,6 +471,18 @@ def test_a_run_on_a_class_subset_is_analysed_on_that_subset(tmp_path):
     assert a["sections"]["ablation"]["baseline_acc"] == summary["test_acc"] == a["summary_test_acc"]
 
 
+def test_a_run_whose_data_is_not_found_from_here_names_the_run_and_the_fix(tmp_path):
+    summary = tiny_run(tmp_path, train="bn", epochs=1)
+    run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(cfg | {"data": "../elsewhere/cifar10"}))  # relative, moved
+    with pytest.raises(AnalysisError, match=r"trained on data '../elsewhere/cifar10', which cannot be opened from "
+                                            r".*: run from the folder it was trained from, or give --data PATH"):
+        analyze_run(run_dir, draws=2, figures=False)
+    a = analyze_run(run_dir, draws=2, figures=False, data=cfg["data"])
+    assert a["summary_test_acc"] == summary["test_acc"]
+
+
 def test_analyze_redoes_a_format_2_file_and_reuses_a_fresh_one_without_loading_the_run(tmp_path):
     summary = tiny_run(tmp_path, train="bn", epochs=1)
     run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]

@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import compute
 from .. import config as cfgmod
-from ..data import make_batches
+from ..data import DataError, make_batches
 from ..models import create_model
 from ..rundir import RunDir, atomic_write_json, read_json
 from ..training import open_data, resolve_device
@@ -88,7 +88,13 @@ def load_run(path: str | Path, *, data: str | None = None, device: str = "cpu",
                                   compute.Capabilities.of(dev.type),
                                   recorded=recorded if trained_on == dev.type else None)
     bf16, channels_last = settings.bf16, settings.channels_last
-    dataset = open_data(cfg, data)
+    try:
+        dataset = open_data(cfg, data)
+    except DataError as e:
+        if data:
+            raise
+        raise AnalysisError(f"{run.path} trained on data {cfg.data!r}, which cannot be opened from {Path.cwd()}: "
+                            f"run from the folder it was trained from, or give --data PATH ({e})") from None
     final = torch.load(run.final_weights, map_location="cpu")
     init = torch.load(run.init_weights, map_location="cpu") if run.init_weights.exists() else None
     model = create_model(cfg.model, cfg.num_classes or dataset.num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
