@@ -333,7 +333,9 @@ def test_runs_on_a_class_subset_are_not_set_beside_the_published_numbers(tmp_pat
         train(TrainConfig(**{**TINY, "data": "synthetic:train=512,test=64,classes=4,size=16"}, model=model,
                           train="bn", classes=classes, out=str(runs)), log=lambda *_: None)
     text = make_report(runs, tmp_path / "out").read_text()
+    # The variant column names only what leaves the recipe.
     assert "| cifar_resnet_14 | `bn` | classes=class0,class1 |" in text
+    assert "| cifar_resnet_8_8 | `bn` | recipe |" in text
     assert "1 configuration(s) here leave the paper's recipe in more than the data and the schedule's length " \
            "(`classes`): a different experiment, left out of this table." in text
     published = [line for line in text.splitlines() if line.startswith("| BN-only CIFAR-10 ResNet-14 |")]

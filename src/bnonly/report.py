@@ -129,10 +129,17 @@ def normalized(cfg: dict) -> dict:
 
 
 def _variants(configs: list[dict]) -> list[str]:
-    """Per run, the identity fields (other than model, spec and seed) that differ among the runs."""
+    """Per run, among the identity fields (other than model, spec and seed) that differ among the
+    runs, those in which it leaves the recipe ("recipe" for a run that leaves it in none): two runs
+    that differ in a field cannot both be at the recipe's value there, so the label tells them apart."""
     keys = [k for k in cfgmod.field_names() if k not in _NOT_VARIANT
             and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
-    return [", ".join(f"{k}={_fmt_field(k, c.get(k))}" for k in keys) for c in configs]
+    labels = []
+    for c in configs:
+        recipe = _recipe(c)
+        shown = [f"{k}={_fmt_field(k, c.get(k))}" for k in keys if not _same(c, recipe, k)]
+        labels.append(", ".join(shown) or ("recipe" if keys else ""))
+    return labels
 
 
 def _fmt_field(key: str, v) -> str:
@@ -154,15 +161,25 @@ def _fmt_value(v) -> str:
 _COMPARABLE_CHANGES = {"data", "epochs", "eval_every", "sync_bn"}
 
 
+def _recipe(cfg: dict) -> dict:
+    """The paper's recipe for a run's model family, as a config: the field defaults for CIFAR, the
+    imagenet preset for ImageNet ResNets."""
+    preset = cfgmod.PRESETS["imagenet"] if cfg.get("model", "").startswith("imagenet_") else {}
+    return normalized(cfgmod.TrainConfig().replace(**{k: v for k, v in preset.items() if k != "model"}).to_dict())
+
+
+def _same(a: dict, b: dict, key: str) -> bool:
+    return json.dumps(a.get(key), sort_keys=True) == json.dumps(b.get(key), sort_keys=True)
+
+
 def off_recipe(cfg: dict) -> list[str]:
     """The identity fields in which a run (its config.json in today's terms) leaves the paper's recipe
-    for its model family (the field defaults for CIFAR; the imagenet preset for ImageNet ResNets),
-    other than the data and the schedule's length. A run with any (a class subset, a transfer, a
-    control) is a different experiment: the report does not set it beside the published numbers."""
-    preset = cfgmod.PRESETS["imagenet"] if cfg.get("model", "").startswith("imagenet_") else {}
-    recipe = normalized(cfgmod.TrainConfig().replace(**{k: v for k, v in preset.items() if k != "model"}).to_dict())
+    for its model family, other than the data and the schedule's length. A run with any (a class
+    subset, a transfer, a control) is a different experiment: the report does not set it beside the
+    published numbers."""
+    recipe = _recipe(cfg)
     return [k for k in cfgmod.field_names() if k not in _NOT_VARIANT | _COMPARABLE_CHANGES
-            and json.dumps(cfg.get(k), sort_keys=True) != json.dumps(recipe.get(k), sort_keys=True)]
+            and not _same(cfg, recipe, k)]
 
 
 def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[dict]:
@@ -264,7 +281,7 @@ def aggregate(df, columns: list[ReportColumn]):
     """Model x what-trains x variant: mean and std (over seeds) of every number of a run: accuracy,
     wall time and the evaluators' ``columns``; and, for an evaluator that does not apply to the
     model, why (``<evaluator>_not_applicable``, where it does not apply to any analysed run).
-    Ordered by family, normalizer, width, depth, what trains and variant."""
+    Ordered by family, normalizer, width, depth, what trains and variant (the recipe's first)."""
     import pandas as pd
 
     value_cols = ["test_acc", "test_top5", "wall_seconds"] + [c.name for c in columns]
@@ -287,8 +304,9 @@ def aggregate(df, columns: list[ReportColumn]):
             row[c] = analysed[c].iloc[0] if len(analysed) and analysed[c].notna().all() else None
         groups.append(row)
     out = pd.DataFrame(groups)
-    out["_order"] = [(str(f), str(n), _number(w), _number(d), _spec_key(t), v) for f, n, w, d, t, v in zip(
-        out["family"], out["normalizer"], out["width"], out["depth"], out["train"], out["variant"])]
+    out["_order"] = [(str(f), str(n), _number(w), _number(d), _spec_key(t), v != "recipe", v)
+                     for f, n, w, d, t, v in zip(out["family"], out["normalizer"], out["width"], out["depth"],
+                                                 out["train"], out["variant"])]
     return out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
