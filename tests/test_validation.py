@@ -213,6 +213,7 @@ def test_output_error_is_a_bnonly_error_with_exit_2():
     (["sweep", "s.yaml", "--jobs", "0"], "argument --jobs: 0 is out of range: allowed >= 1"),
     (["sweep", "s.yaml", "--runs-per-gpu", "-1"], "argument --runs-per-gpu: -1 is out of range: allowed >= 1"),
     (["sweep", "s.yaml", "--launcher", "slurm", "--time", "0"], "argument --time: 0 is out of range: allowed >= 1"),
+    (["sweep", "s.yaml", "--gpus-per-run", "-1"], "argument --gpus-per-run: -1 is out of range: allowed >= 0"),
     (["sweep", "s.yaml", "--max-parallel", "0"], "argument --max-parallel: 0 is out of range: allowed >= 1"),
     (["sweep", "s.yaml", "--mem-gb", "0"], "argument --mem-gb: 0 is out of range: allowed > 0"),
     (["sweep", "s.yaml", "--mem-gb", "nan"], "argument --mem-gb: nan is out of range: allowed > 0"),

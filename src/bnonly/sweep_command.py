@@ -35,8 +35,8 @@ def add_subcommand(sub) -> None:
     g.add_argument("--partition", default=None, help="Slurm partition")
     g.add_argument("--time", type=at_least(int, 1), default=24 * 60,
                    help="time limit per job in minutes (requeued from its checkpoint when it runs out; default 1440)")
-    g.add_argument("--gpus-per-run", type=at_least(int, 1), default=1,
-                   help="GPUs per run; more than 1 trains it with DDP")
+    g.add_argument("--gpus-per-run", type=at_least(int, 0), default=1,
+                   help="GPUs per run (0: a CPU job); more than 1 trains it with DDP")
     g.add_argument("--tasks-per-run", type=at_least(int, 1), default=None,
                    help="processes (DDP ranks) per run (default: one per GPU)")
     g.add_argument("--cpus-per-run", type=at_least(int, 1), default=None, help="CPU cores per run")
