@@ -340,3 +340,13 @@ def test_runs_on_a_class_subset_are_not_set_beside_the_published_numbers(tmp_pat
            "(`classes`): a different experiment, left out of this table." in text
     published = [line for line in text.splitlines() if line.startswith("| BN-only CIFAR-10 ResNet-14 |")]
     assert published and all(line.endswith("| not run here |") for line in published)
+
+
+def test_norm_on_a_batchnorm_model_is_set_beside_the_papers_bn_numbers(tmp_path):
+    # On a ResNet whose only normalizer is BatchNorm, `norm` trains exactly what `bn` does.
+    runs = tmp_path / "runs"
+    summary = train(TrainConfig(**TINY, model="cifar_resnet_14", train="norm", out=str(runs)), log=lambda *_: None)
+    text = make_report(runs, tmp_path / "out").read_text()
+    here = f"| {100 * summary['test_acc']:.1f}% (1 seed(s), 2 epochs) |"
+    rows = [line for line in text.splitlines() if line.startswith("| BN-only CIFAR-10 ResNet-14 |")]
+    assert rows and all(line.endswith(here) for line in rows)

@@ -49,7 +49,8 @@ class ReportError(BnonlyError, ValueError):
 _DEFAULT_WIDTH = {"cifar_resnet": cifar_resnet.DEFAULT_WIDTH, "imagenet_resnet": imagenet_resnet.DEFAULT_WIDTH}
 _NOT_VARIANT = {"model", "train", "seed", "selection_seed"} | set(cfgmod.IDENTITY_EXCLUDED)
 # Specs in the order tables and legends list them; others follow alphabetically.
-_SPEC_ORDER = ("all", "bn", "bn+output", "gamma", "beta", "output", "random-per-channel:2", "random:matched")
+_SPEC_ORDER = ("all", "bn", "norm", "bn+output", "gamma", "beta", "bias", "output", "random-per-channel:2",
+               "random:matched")
 _SETUP_FIELDS = ("data", "epochs", "schedule_epochs", "milestones", "lr", "lr_gamma", "warmup_epochs", "batch_size",
                  "momentum", "weight_decay", "augment", "normalize", "gamma_init", "bn_affine")
 
@@ -575,10 +576,20 @@ def _setup_lines(configs: list[dict]) -> list[str]:
     return lines
 
 
+def _paper_spec(group) -> str:
+    """The paper's name for a group's spec: on a model whose only normalizer is BatchNorm, `norm`
+    trains exactly what `bn` does."""
+    return "bn" if group["train"] == "norm" and group["normalizer"] == "BatchNorm" else group["train"]
+
+
 def _paper_rows(groups) -> list[list]:
     """Each published number next to this study's closest measurement, if any."""
     rows = []
-    by = {(r["model"], r["train"]): r for _, r in groups.iterrows() if not r["off_recipe"]}
+    by = {}
+    for _, r in groups.iterrows():
+        key = (r["model"], _paper_spec(r))
+        if not r["off_recipe"] and (key not in by or r["train"] == key[1]):  # `bn` wins over `norm`
+            by[key] = r
     for p in paper.PAPER_NUMBERS:
         value = ("~" if p.approximate else "") + f"{100 * p.value:.1f}%" + (" top-5" if p.metric == "top5" else "")
         here = "not run here"
@@ -620,7 +631,7 @@ def _at_paper_schedule(groups) -> list[tuple]:
     full = cfgmod.FIELD_DEFAULTS["epochs"], cfgmod.FIELD_DEFAULTS["schedule_epochs"]
     out = []
     for _, r in groups.iterrows():
-        published = {p.source: p for p in paper.for_model(r["model"], r["train"]) if p.source in _SIDE_BY_SIDE}
+        published = {p.source: p for p in paper.for_model(r["model"], _paper_spec(r)) if p.source in _SIDE_BY_SIDE}
         if published and (r["epochs"], r["schedule_epochs"]) == full and not r["off_recipe"]:
             out.append((r, published))
     return out
