@@ -1,19 +1,19 @@
-"""Types for the command line's numeric options (``type=at_least(int, 1)``): argparse itself then
-refuses a value out of range, before anything runs, naming the option and its bounds
-("argument --jobs: 0 is out of range: allowed >= 1"). Config fields have their own bounds
-(``bnonly.config``); these are for options that are not fields: parallelism, Slurm resources,
-benchmark budgets."""
+"""Argparse types for the command line's numeric options that are not config fields
+(parallelism, Slurm resources, benchmark budgets): ``type=option(int, at_least(1))``. They take
+their bounds from ``bnonly.config``'s ``Allowed`` (the same checks and wording as the fields), so
+argparse itself refuses a value out of range, before anything runs, naming the option
+("argument --jobs: 0 is out of range: allowed >= 1")."""
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
+from .config import Allowed
 
-def at_least(kind: type, low: float, *, strict: bool = False) -> Callable[[str], float]:
-    """A parser of ``kind`` (int or float) values >= ``low`` (> ``low`` when ``strict``)."""
-    bound = f"{'>' if strict else '>='} {low:g}"
+
+def option(kind: type, allowed: Allowed) -> Callable[[str], float]:
+    """A parser of ``kind`` (int or float) values within ``allowed``."""
 
     def parse(text: str):
         try:
@@ -21,14 +21,8 @@ def at_least(kind: type, low: float, *, strict: bool = False) -> Callable[[str],
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: allowed {bound}")
+        if not allowed.check(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: allowed {allowed.text}")
         return value
 
-    parse.__name__ = f"{kind.__name__} {bound}"
     return parse
-
-
-def positive(kind: type) -> Callable[[str], float]:
-    """A parser of ``kind`` values > 0 (seconds, gigabytes)."""
-    return at_least(kind, 0, strict=True)

@@ -38,7 +38,8 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from . import config as cfgmod
-from .argtypes import at_least, positive
+from .argtypes import option
+from .config import above, at_least
 from .data import ArrayDataset
 from .data.batches import CIFAR_PAD, NORMALIZATIONS
 from .errors import BnonlyError
@@ -570,7 +571,7 @@ def add_subcommand(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar_resnet_20")
     p.add_argument("--train", default="bn", help="what trains (default: bn)")
-    p.add_argument("--batch-size", type=at_least(int, 1), default=128)
+    p.add_argument("--batch-size", type=option(int, at_least(1)), default=128)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"dataset (default: {DEFAULT_DATA})")
     p.add_argument("--cache-dir", default=None)
@@ -586,19 +587,20 @@ def add_subcommand(sub) -> None:
                    help="channels_last in the fast path (default: the fast defaults for the device)")
     p.add_argument("--capture", action=argparse.BooleanOptionalAction, default=None,
                    help="the whole step in one CUDA graph in the fast path (bnonly.training.graph_step)")
-    p.add_argument("--runs", type=at_least(int, 1), default=1, metavar="K",
+    p.add_argument("--runs", type=option(int, at_least(1)), default=1, metavar="K",
                    help="K > 1: aggregate img/s of K runs training at once (one process each, same device) "
                         "against one alone, instead of the fast-vs-conventional comparison")
-    p.add_argument("--seconds", type=positive(float), default=20.0,
+    p.add_argument("--seconds", type=option(float, above(0)), default=20.0,
                    help="timed seconds per measurement with --runs (default 20)")
-    p.add_argument("--checkpoint-activations", type=at_least(int, 0), default=0, metavar="SEGMENTS",
+    p.add_argument("--checkpoint-activations", type=option(int, at_least(0)), default=0, metavar="SEGMENTS",
                    help="activation checkpointing in the fast path, in this many segments (default 0: off)")
     p.add_argument("--conventional", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the conventional pipeline (default: yes)")
-    p.add_argument("--warmup", type=at_least(int, 0), default=3, help="untimed steps per pipeline (default 3)")
-    p.add_argument("--windows", type=at_least(int, 1), default=5, help="timed windows per pipeline (default 5)")
-    p.add_argument("--steps", type=at_least(int, 1), default=5, help="steps per timed window (default 5)")
-    p.add_argument("--peak-seconds", type=positive(float), default=3.0, help="time budget per matmul size (default 3)")
+    p.add_argument("--warmup", type=option(int, at_least(0)), default=3, help="untimed steps per pipeline (default 3)")
+    p.add_argument("--windows", type=option(int, at_least(1)), default=5, help="timed windows per pipeline (default 5)")
+    p.add_argument("--steps", type=option(int, at_least(1)), default=5, help="steps per timed window (default 5)")
+    p.add_argument("--peak-seconds", type=option(float, above(0)), default=3.0,
+                   help="time budget per matmul size (default 3)")
     p.add_argument("--profile", action="store_true", help="profile one fast step and print the evidence")
     p.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     p.add_argument("--quiet", action="store_true", help="print only the report")

@@ -12,7 +12,8 @@ from dataclasses import fields
 
 from . import config as cfgmod
 from . import distributed
-from .argtypes import at_least
+from .argtypes import option
+from .config import at_least
 from .errors import BnonlyError, Interrupted, TrainingFailed
 from .models import create_model, model_families
 from .trainable import configure, layer_breakdown
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"recipe to start from: {', '.join(cfgmod.PRESETS)} (default: cifar10)")
     p.add_argument("--config", default=None, help="YAML/JSON file of config fields (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--nproc", type=at_least(int, 1), default=1,
+    p.add_argument("--nproc", type=option(int, at_least(1)), default=1,
                    help="train with N processes on this machine (starts torchrun; one GPU each, or gloo on CPU)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)

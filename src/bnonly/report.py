@@ -164,9 +164,12 @@ _COMPARABLE_CHANGES = {"data", "epochs", "eval_every", "sync_bn"}
 
 def _recipe(cfg: dict) -> dict:
     """The paper's recipe for a run's model family, as a config: the field defaults for CIFAR, the
-    imagenet preset for ImageNet ResNets."""
-    preset = cfgmod.PRESETS["imagenet"] if cfg.get("model", "").startswith("imagenet_") else {}
-    return normalized(cfgmod.TrainConfig().replace(**{k: v for k, v in preset.items() if k != "model"}).to_dict())
+    imagenet preset for ImageNet ResNets. (Read only: the same dict for every run of a family.)"""
+    return _RECIPES["imagenet" if cfg.get("model", "").startswith("imagenet_") else "cifar10"]
+
+
+_RECIPES = {name: normalized(cfgmod.TrainConfig().replace(
+    **{k: v for k, v in cfgmod.PRESETS[name].items() if k != "model"}).to_dict()) for name in ("cifar10", "imagenet")}
 
 
 def _same(a: dict, b: dict, key: str) -> bool:

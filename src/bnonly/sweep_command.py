@@ -9,7 +9,8 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import slurm
-from .argtypes import at_least, positive
+from .argtypes import option
+from .config import above, at_least
 from .errors import EXIT_INTERRUPTED
 from .sweep import LocalSweep, SweepError, expand, gpu_count, jobs_for, load_spec, state, status
 from .training import preflight
@@ -23,9 +24,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("--out", default=None, help="output root (default: base's out, else 'runs')")
     p.add_argument("--status", action="store_true",
                    help="show done/running/failed/pending counts and failures; train nothing")
-    p.add_argument("--jobs", type=at_least(int, 1), default=None,
+    p.add_argument("--jobs", type=option(int, at_least(1)), default=None,
                    help="runs at once on this machine (local launcher; default 1)")
-    p.add_argument("--runs-per-gpu", type=at_least(int, 1), default=None, metavar="K",
+    p.add_argument("--runs-per-gpu", type=option(int, at_least(1)), default=None, metavar="K",
                    help="K runs at once on every GPU of this machine (local launcher), one process each")
     p.add_argument("--retry-failed", action="store_true", help="train runs recorded as failed again")
     p.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
@@ -33,16 +34,17 @@ def add_subcommand(sub) -> None:
                         "the slurm launcher's code path run by submitit on this machine (to try a setup)")
     g = p.add_argument_group("slurm launcher")
     g.add_argument("--partition", default=None, help="Slurm partition")
-    g.add_argument("--time", type=at_least(int, 1), default=24 * 60,
+    g.add_argument("--time", type=option(int, at_least(1)), default=24 * 60,
                    help="time limit per job in minutes (requeued from its checkpoint when it runs out; default 1440)")
-    g.add_argument("--gpus-per-run", type=at_least(int, 0), default=1,
+    g.add_argument("--gpus-per-run", type=option(int, at_least(0)), default=1,
                    help="GPUs per run (0: a CPU job); more than 1 trains it with DDP")
-    g.add_argument("--tasks-per-run", type=at_least(int, 1), default=None,
+    g.add_argument("--tasks-per-run", type=option(int, at_least(1)), default=None,
                    help="processes (DDP ranks) per run (default: one per GPU)")
-    g.add_argument("--cpus-per-run", type=at_least(int, 1), default=None, help="CPU cores per run")
-    g.add_argument("--mem-gb", type=positive(float), default=None, help="memory per run in GB")
-    g.add_argument("--max-parallel", type=at_least(int, 1), default=None, help="at most this many array jobs at once")
-    g.add_argument("--max-requeues", type=at_least(int, 0), default=20,
+    g.add_argument("--cpus-per-run", type=option(int, at_least(1)), default=None, help="CPU cores per run")
+    g.add_argument("--mem-gb", type=option(float, above(0)), default=None, help="memory per run in GB")
+    g.add_argument("--max-parallel", type=option(int, at_least(1)), default=None,
+                   help="at most this many array jobs at once")
+    g.add_argument("--max-requeues", type=option(int, at_least(0)), default=20,
                    help="give up on a run after this many time-limit requeues")
     g.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="any other submitit Slurm parameter, e.g. --slurm account=myproj --slurm qos=high")
