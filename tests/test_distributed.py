@@ -1,12 +1,14 @@
 """One run on several processes, on CPU with gloo: each checked against one process computing the
 same thing (same data, same seed, the same global batch)."""
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -20,6 +22,7 @@ from bnonly.config import from_dict
 from bnonly.distributed import GlobalBatchNorm2d
 from bnonly.rundir import RunDir
 from bnonly.training import EXIT_INTERRUPTED, train
+from bnonly.training.callbacks import Callback
 
 DATA = "synthetic:train=512,test=128,classes=4,size=16"
 BASE = dict(model="cifar_resnet_8_8", data=DATA, batch_size=64, augment="none", device="cpu", threads=1,
@@ -75,6 +78,28 @@ def test_global_batchnorm_is_batchnorm_over_all_ranks(tmp_path):
     d = json.loads((tmp_path / "out.json").read_text())
     assert d["scale"] > 0.1
     assert max(d[k] for k in ("y", "dx", "dw", "db", "mean", "var")) < 1e-5, d
+
+
+class _RememberTrainer(Callback):
+    def on_fit_start(self, loop):
+        self.trainer = weakref.ref(loop)
+
+
+def test_the_trainer_and_its_step_are_freed_when_train_returns(tmp_path):
+    # Under torchrun the step holds DDP, whose reducer holds the gloo process group. A reference
+    # cycle through the Trainer kept them alive past destroy_process_group until interpreter exit,
+    # where gloo's threads aborted a rank once in CI ("terminate called without an active
+    # exception"). Freed by reference counting alone, they go before the group is destroyed.
+    cfg = from_dict(dict(BASE, epochs=0.25, out=str(tmp_path)))
+    train(cfg.replace(seed=1), **QUIET)  # torch's lazy imports happen here, not in the measured run
+    seen = _RememberTrainer()
+    gc.collect()
+    gc.disable()
+    try:
+        train(cfg, callbacks=[seen], **QUIET)
+        assert seen.trainer() is None
+    finally:
+        gc.enable()
 
 
 def test_torchrun_with_sync_bn_matches_one_process_on_the_global_batch(tmp_path):

@@ -70,8 +70,14 @@ def join(device_name: str) -> bool:
 
 
 def leave() -> None:
+    """Destroy the process group, after collecting garbage: anything in a reference cycle that
+    still holds it (DDP's reducer does) would otherwise die at interpreter exit, where gloo's
+    threads can abort the process ("terminate called without an active exception")."""
+    import gc
+
     global _CONTROL
     _CONTROL = None
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -54,11 +54,14 @@ class Trainer:
         # What the steps call: DDP (gradient all-reduce) when distributed and anything trains.
         net = distributed.wrap(self.model, self.device) if self.world.distributed and self.params else self.model
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(param_groups(self.model, cfg), cfg) if self.params else None
-        self.steps_per_epoch = built.train_batches.num_batches()
+        self.steps_per_epoch = steps_per_epoch = built.train_batches.num_batches()
         step_kind = DeviceStep if built.compute.capture else TrainStep
+        # The schedule closes over a local, not over self: a Trainer <-> step reference cycle would
+        # keep DDP (and the process group its reducer holds) alive past train() until the garbage
+        # collector or interpreter exit, where gloo's threads can abort the process.
         self.train_step = step_kind(net, self.optimizer, OBJECTIVES.get(cfg.loss), built.train_batches,
                                     device=self.device, bf16=built.bf16,
-                                    lr_at_step=lambda i: lr_at(cfg, i / self.steps_per_epoch))
+                                    lr_at_step=lambda i: lr_at(cfg, i / steps_per_epoch))
         self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.eval_steps = {self.total_steps}  # eval_every 0: only at the end
         if cfg.eval_every > 0:
