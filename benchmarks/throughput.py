@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Throughput table: ``bnonly bench`` for each model x what-trains spec, one process each, then a
-markdown table of the results (the README's speed table is this script's output).
+markdown table of the results (the AVX2 table of docs/speed.md is this script's output).
 
     python benchmarks/throughput.py                                 # cifar_resnet_20/56 x bn/all, batch 128
     python benchmarks/throughput.py --out results/bench.jsonl --bench-args="--compile"

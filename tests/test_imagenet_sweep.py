@@ -10,7 +10,7 @@ from bnonly.sweep import expand, load_spec
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "imagenet_paper.yaml"
 MODELS = [f"imagenet_resnet_{d}" for d in (18, 34, 50, 101, 152, 200)] + ["imagenet_resnet_50_128"]
 CONFIGS = ["bn", "all", "bn+output", "output", "random-per-channel:2", "random:matched"]
-# BN γ+β, output layer and all parameters (README's model table, torchvision's counts for the rest).
+# BN γ+β, output layer and all parameters (docs/models.md's model table, torchvision's counts for the rest).
 BN = {"imagenet_resnet_18": 9_600, "imagenet_resnet_50": 53_120, "imagenet_resnet_200": 176_000,
       "imagenet_resnet_50_128": 68_224}
 TOTAL = {"imagenet_resnet_18": 11_689_512, "imagenet_resnet_34": 21_797_672, "imagenet_resnet_50": 25_557_032,

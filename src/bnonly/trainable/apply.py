@@ -68,6 +68,9 @@ def configure(model: nn.Module, spec: str, seed: int = 0, *, bn_affine: bool = T
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that train (``requires_grad``), in ``model.parameters()`` order: what to hand
+    the optimizer after :func:`configure`. A tensor that trains in part contributes only the
+    vector of its chosen entries; its frozen entries are no parameter at all."""
     return [p for p in model.parameters() if p.requires_grad]
 
 

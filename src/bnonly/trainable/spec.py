@@ -2,8 +2,8 @@
 
 Each term is registered in :data:`TERMS` with its syntax, the parser of its argument, a help line
 and a selector ``select(model, arg, ctx) -> {parameter name: True | bool mask}``; a spec trains the
-union of its terms' selections. The spec help and the README's term table are generated from the
-registry, so a new term documents itself::
+union of its terms' selections. The spec help and the term table of docs/what-trains.md are generated
+from the registry, so a new term documents itself::
 
     @TERMS.register("first-bn", help="γ and β of the first BatchNorm layer")
     def first_bn(model, arg, ctx):
@@ -77,7 +77,7 @@ def spec_help() -> str:
 
 
 def term_table_markdown() -> str:
-    """The Markdown table of every registered term and what it trains (README's "What trains").
+    """The Markdown table of every registered term and what it trains (the table of docs/what-trains.md).
     A '|' in a cell is escaped, as a table needs even inside backticks."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
