@@ -285,7 +285,9 @@ def _first_table(page: Path) -> str:
 
 def test_docs_term_table_is_the_generated_one():
     """docs/what-trains.md's table is term_table_markdown()'s output: regenerate it when a term changes."""
-    assert _first_table(WHAT_TRAINS_PAGE) == term_table_markdown()
+    assert _first_table(WHAT_TRAINS_PAGE) == term_table_markdown(), (
+        "replace the table in docs/what-trains.md with the output of "
+        "python3 -c 'from bnonly.trainable import term_table_markdown as t; print(t())'")
 
 
 def test_spec_help_lists_every_term_in_registry_order():
