@@ -167,7 +167,8 @@ def test_hand_set_model_statistics_disabled_features_and_ablation():
     assert {name: (s["version"], s["options"]) for name, s in sections.items()} == {
         "affine": (2, {"thresholds": [0.01, 0.05, 0.1]}),
         "disabled": (2, {"thresholds": [0.01, 0.05, 0.1], "dead_share": 0.99}),
-        "ablation": (2, {"draws": 6, "seed": 0})}
+        "ablation": (2, {"draws": 6, "seed": 0}), "supermask": (1, {})}
+    assert sections["supermask"]["not_applicable"] == "the run's what-trains spec is not known"
     again = analyze_model(model, Batches(x, y), draws=6, seed=0)["ablation"]
     assert again["random_zeroed_acc"] == ab["random_zeroed_acc"]  # seeded draws
     assert json.loads(json.dumps(sections)) == sections  # analysis.json-ready
@@ -363,7 +364,7 @@ def test_sections_are_kept_while_fresh_and_passes_over_the_test_set_are_shared()
     assert passes == 1 + 3 * (1 + 2)  # 'disabled' reads the thresholds; the ablation needs it
     assert other_thresholds["affine"]["options"] == {"thresholds": [0.5]}
     assert other_thresholds["ablation"] == {**first["ablation"], "seconds": other_thresholds["ablation"]["seconds"]}
-    assert stale_sections(first, analysis_options(dead_share=0.5, draws=2)) == ["disabled", "ablation"]
+    assert stale_sections(first, analysis_options(dead_share=0.5, draws=2)) == ["disabled", "ablation", "supermask"]
     assert stale_sections({**first, "affine": {**first["affine"], "version": 0}}, analysis_options(draws=2)) == [
         "affine"]
 
@@ -374,11 +375,14 @@ def test_format_2_analysis_migrates_to_the_numbers_computed_today():
     x, y = hand_set_data()
     today = analyze_model(HandSet().eval(), Batches(x, y), init_state=HAND_SET_INIT, draws=3, seed=0)
     migrated = migrate(FORMAT_2_HANDSET)
-    assert migrated["format"] == 3 and set(migrated["sections"]) == set(today)
-    assert {name: s["version"] for name, s in migrated["sections"].items()} == {name: 1 for name in today}
-    assert column_values(migrated) == column_values({"sections": today})
+    # format 2 predates the supermask section: the next analyze adds it
+    assert migrated["format"] == 3 and set(migrated["sections"]) == set(today) - {"supermask"}
+    assert {s["version"] for s in migrated["sections"].values()} == {1}
+    assert column_values(migrated) == {k: v for k, v in column_values({"sections": today}).items()
+                                       if not k.startswith("supermask")}
     assert migrated["sections"]["affine"]["layers"][0]["channels"] == today["affine"]["layers"][0]["channels"]
-    assert stale_sections(migrated["sections"], analysis_options(draws=3)) == ["affine", "disabled", "ablation"]
+    assert stale_sections(migrated["sections"], analysis_options(draws=3)) == ["affine", "disabled", "ablation",
+                                                                               "supermask"]
     assert migrate(migrated) is migrated and migrate(None) is None
 
 
@@ -392,7 +396,7 @@ def test_format_1_analysis_still_reads():
     sections = migrate(old)["sections"]
     assert sections["disabled"]["version"] == sections["ablation"]["version"] == 0
     assert sections["disabled"]["fraction_dead_relu_fed"] is None and sections["disabled"]["fraction_dead"] == 0.5
-    assert stale_sections(sections, analysis_options(draws=3)) == ["affine", "disabled", "ablation"]
+    assert stale_sections(sections, analysis_options(draws=3)) == ["affine", "disabled", "ablation", "supermask"]
 
 
 def test_a_model_fx_cannot_trace_has_no_disabled_features_to_measure():
@@ -488,7 +492,8 @@ def test_analyze_redoes_a_format_2_file_and_reuses_a_fresh_one_without_loading_t
     run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
     (run_dir / "analysis.json").write_text(json.dumps(FORMAT_2_HANDSET))
     a = analyze_run(run_dir, draws=3, figures=False)
-    assert {s["version"] for s in a["sections"].values()} == {2}
+    assert {name: s["version"] for name, s in a["sections"].items()} == {e.name: e.obj.version
+                                                                         for e in EVALUATORS.entries()}
     assert a["sections"]["affine"]["n_features"] == summary["bn_params"] // 2
     assert a == json.loads((run_dir / "analysis.json").read_text())
     (run_dir / "final.pt").unlink()  # loading the run would fail

@@ -292,8 +292,8 @@ def test_docs_term_table_is_the_generated_one():
 
 def test_spec_help_lists_every_term_in_registry_order():
     assert SPEC_HELP == spec_help() == ("terms joined by '+': all, none, bn, gamma, beta, norm, output, bias, "
-                                        "random-per-channel:K, random:matched|N (e.g. 'bn+output')")
-    assert term_table_markdown().count("\n| `") == len(TERMS) == 10
+                                        "random-per-channel:K, random:matched|N, supermask:P (e.g. 'bn+output')")
+    assert term_table_markdown().count("\n| `") == len(TERMS) == 11
 
 
 @pytest.mark.parametrize("spec,reason", [

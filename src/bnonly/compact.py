@@ -7,7 +7,10 @@ class count, summary.json, and
 
 - the trained entries only: whole tensors that train, and of a tensor that trains in part
   (``random:matched``, ``random-per-channel:K``) only the chosen entries' values, since their
-  positions are re-drawn from the selection seed and spec, as training drew them;
+  positions are re-drawn from the selection seed and spec, as training drew them; of a
+  supermask run (``supermask:P``) the scores, read from the run's scores.pt (final.pt holds only
+  the masked weights they chose; the mask is re-derived from the stored scores and checked
+  against final.pt like everything else);
 - every buffer: BatchNorm's running mean and variance (as many floats as BN γ+β) and its step
   counters (one int64 per layer). They are not trained parameters, but evaluation needs them
   and they cannot be re-derived without the training data (recomputing them over training
@@ -64,7 +67,7 @@ from .errors import BnonlyError
 from .layers import output_layer
 from .models import create_model, family_of
 from .rundir import RunDir, atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable, read_json
-from .trainable import Selection, TrainableEntries, parse_spec, plain_state_dict
+from .trainable import Selection, Supermask, TrainableEntries, parse_spec, plain_state_dict, score_state_dict
 from .training.build import build_model
 
 MAGIC = b"bnonly-compact sha256="
@@ -103,10 +106,19 @@ class Rebuilt:
                 out.append((name, self.entries(name).index))
         return out
 
+    def scored(self) -> list[str]:
+        """The weights under a supermask, in parameter order: their scores are stored after the
+        trained entries."""
+        return [name for name in self.params if name in self.selection.scored]
+
     def entries(self, name: str) -> TrainableEntries:
         """The parametrization that holds the trained entries of parameter ``name``."""
         module, _, pname = name.rpartition(".")
         return getattr(self.model.get_submodule(module).parametrizations, pname)[0]
+
+    def supermask(self, name: str) -> Supermask:
+        """The parametrization that holds the scores of weight ``name``."""
+        return self.entries(name)
 
 
 def rebuild(cfg: cfgmod.TrainConfig, num_classes: int) -> Rebuilt:
@@ -173,8 +185,9 @@ def _unpack(packed: dict[str, torch.Tensor], like: list[torch.Tensor], where: st
 
 def _slots(r: Rebuilt) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The tensors the stored numbers go into: per trained parameter its tensor or its vector of
-    trained entries, and every buffer."""
+    trained entries, then the scores of every weight under a supermask; and every buffer."""
     params = [r.model.get_parameter(name) if index is None else r.entries(name).values for name, index in r.trained()]
+    params += [r.supermask(name).scores for name in r.scored()]
     return params, [r.model.get_buffer(name) for name in r.buffers]
 
 
@@ -227,6 +240,23 @@ def _num_classes(cfg: cfgmod.TrainConfig, final: dict[str, torch.Tensor]) -> int
     return final[f"{found[0]}.weight"].shape[0]
 
 
+def _scores(run: RunDir, r: Rebuilt) -> list[torch.Tensor]:
+    """A supermask run's final scores, in :meth:`Rebuilt.scored` order, from its scores.pt."""
+    names = r.scored()
+    if not names:
+        return []
+    if not run.scores.is_file():
+        raise CompactError(f"cannot export {run.path}: it trained {r.selection.spec!r}, whose trained numbers are "
+                           f"the supermask scores, and it has no scores.pt (final.pt holds only the masked "
+                           f"weights); train it again with this bnonly to export it")
+    scores = torch.load(run.scores, map_location="cpu", weights_only=True)
+    misfit = first_difference(scores, score_state_dict(r.model), values=False)
+    if misfit:
+        raise CompactError(f"cannot export {run.path}: its scores.pt does not fit the model its config builds "
+                           f"({misfit})")
+    return [scores[name] for name in names]
+
+
 @dataclass
 class Exported:
     """What ``export`` wrote: sizes in bytes and counts of stored numbers."""
@@ -265,6 +295,7 @@ def export(run_dir: str | Path, file: str | Path) -> Exported:
         raise CompactError(f"cannot export {run.path}: final.pt does not fit the model its config builds ({misfit})")
     trained = [final[name] if index is None else final[name].reshape(-1)[index]
                for name, index in r.trained()]
+    trained += _scores(run, r)
     buffers = [final[name] for name in r.buffers]
     _write_back(r, trained, buffers)
     mismatch = first_difference(plain_state_dict(r.model), final)
@@ -396,6 +427,9 @@ def import_run(file: str | Path, out: str | Path, *, final: str | Path | None = 
     atomic_write_json(run.config, loaded.config)
     atomic_torch_save(run.init_weights, loaded.init_state)
     atomic_torch_save(run.final_weights, loaded.state)
+    scores = score_state_dict(loaded.model)
+    if scores:
+        atomic_torch_save(run.scores, scores)
     note = (f"imported from the compact file {Path(file).resolve()}: weights rebuilt from the seed and the stored "
             f"trained entries, checked {loaded.checked_against}; no metrics.jsonl or checkpoints")
     atomic_write_json(run.summary, dict(loaded.summary, status="done", run_dir=str(out),

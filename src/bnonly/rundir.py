@@ -6,6 +6,8 @@ Layout of ``OUT/<run_name>/``::
     metrics.jsonl    one JSON object per evaluation
     summary.json     written last; its presence with status "done" marks a finished run
     init.pt, final.pt  plain state_dicts (architecture keys, effective weights)
+    scores.pt        a supermask run's final scores (weight name -> scores): final.pt holds only the
+                     masked weights they chose, and ``bnonly export --compact`` stores the scores
     checkpoint.pt    latest resumable state; checkpoint.prev.pt the one before it. Each starts with
                      a SHA-256 of its content, so a damaged file is detected (torch.load alone
                      silently loads flipped bytes), reported, renamed *.corrupt, and the older one used
@@ -96,6 +98,7 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
     init_weights = property(lambda self: self.path / "init.pt")
     final_weights = property(lambda self: self.path / "final.pt")
+    scores = property(lambda self: self.path / "scores.pt")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
     previous_checkpoint = property(lambda self: self.path / "checkpoint.prev.pt")
     lock_file = property(lambda self: self.path / "lock")

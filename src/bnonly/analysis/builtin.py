@@ -1,6 +1,8 @@
 """The built-in evaluators: ``affine`` (γ/β statistics of every normalization layer), ``disabled``
 (disabled features wherever a layer's output reaches a ReLU-like activation, with the ReLU-fed
-split) and ``ablation`` (zeroing the disabled features against as many random ones).
+split), ``ablation`` (zeroing the disabled features against as many random ones) and ``supermask``
+(for a ``supermask:P`` run: which weights each layer kept, how far that set moved from the initial
+top-k, and how it relates to the disabled features).
 
 ``disabled`` makes the one baseline pass over the test set (``ctx.baseline``: accuracy and off
 shares together) and records the disabled features exactly; ``ablation`` reads them from that
@@ -12,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import layers as layer_kinds
+from ..trainable import parse_spec
 from .evaluators import AnalysisContext, Column, evaluator
 from .features import (
     ACTIVATIONS,
@@ -23,6 +27,7 @@ from .features import (
     norms_word,
     random_masks,
     split_by_destination,
+    weight_neighbours,
 )
 from .stats import compact, describe, fraction_below, share, threshold_key
 
@@ -260,3 +265,93 @@ def ablation(ctx: AnalysisContext, disabled: dict[str, torch.Tensor], *, baselin
         random_zeroed_acc=random_accs, random_zeroed_acc_mean=float(np.mean(random_accs)),
         random_zeroed_acc_std=float(np.std(random_accs, ddof=1)) if draws > 1 else 0.0,
     )
+
+
+# --- supermask: the weights a supermask run kept -----------------------------------------------
+
+NOT_SUPERMASK = "the run trained no supermask (its what-trains spec has no 'supermask:P' term)"
+
+
+def _supermask_summary(s: dict) -> list[str]:
+    if s.get("not_applicable"):
+        return [f"supermask: n/a ({s['not_applicable']})"]
+    line = f"supermask: kept {100 * s['kept_fraction']:.1f}% of {s['n_weights']:,} weights"
+    if s["kept_from_initial"] is not None:
+        line += f"; {100 * s['kept_from_initial']:.1f}% of the kept set was in the initial top-k"
+    rel = s["disabled_relation"]
+    if rel and rel["feeding_disabled"] is not None:
+        line += (f"; kept of the weights feeding disabled features {100 * rel['feeding_disabled']:.1f}% "
+                 f"(others {100 * rel['feeding_enabled']:.1f}%)")
+    return [line]
+
+
+def _kept_share(kept: list[torch.Tensor]) -> float | None:
+    flat = _cat([k.flatten() for k in kept])
+    return flat.double().mean().item() if flat.numel() else None
+
+
+def _relation(ctx: AnalysisContext, kept: dict[str, torch.Tensor]) -> dict | None:
+    """Kept shares of the weights around disabled features against those around the others: the
+    rows of the layer each measured norm normalizes, the columns of the layers reading its output."""
+    section = ctx.sections["disabled"]
+    if section["fraction_dead"] is None:
+        return None
+    parts = {k: [] for k in ("feeding_disabled", "feeding_enabled", "reading_disabled", "reading_enabled")}
+    n_layers = 0
+    neighbours = weight_neighbours(ctx.model)
+    for name, dead in dead_masks(section).items():
+        producer, readers = neighbours.get(name, (None, []))
+        if producer in kept and kept[producer].shape[0] == dead.numel():
+            parts["feeding_disabled"].append(kept[producer][dead])
+            parts["feeding_enabled"].append(kept[producer][~dead])
+            n_layers += 1
+        for reader in readers:
+            if reader in kept and kept[reader].dim() >= 2 and kept[reader].shape[1] == dead.numel():
+                parts["reading_disabled"].append(kept[reader][:, dead])
+                parts["reading_enabled"].append(kept[reader][:, ~dead])
+    n_dead = int(sum(int(m.sum()) for m in dead_masks(section).values()))
+    return dict(n_disabled_features=n_dead, n_layers_with_producer=n_layers,
+                **{k: _kept_share(v) for k, v in parts.items()})
+
+
+def _related(key: str):
+    return lambda s: (s["disabled_relation"] or {}).get(key)
+
+
+# Columns of runs.csv and groups.csv only (no label): in report.md's "What BatchNorm learned" table they
+# would be n/a for every run that is not a supermask run.
+@evaluator("supermask", version=1, needs=("disabled",), summary=_supermask_summary, columns=(
+    Column("supermask_kept", lambda s: s["kept_fraction"]),
+    Column("supermask_kept_from_initial", lambda s: s["kept_from_initial"]),
+    *(Column(f"supermask_kept_{key}", _related(key))
+      for key in ("feeding_disabled", "feeding_enabled", "reading_disabled", "reading_enabled")),
+))
+def supermask(ctx: AnalysisContext, options: dict) -> dict:
+    """A supermask run's kept weights per conv/linear layer, their overlap with the initial top-k, and the kept shares
+    around disabled features."""
+    terms = [t.partition(":")[0] for t in parse_spec(ctx.train)] if ctx.train else []
+    if "supermask" not in terms:
+        return dict(not_applicable=NOT_SUPERMASK if ctx.train else "the run's what-trains spec is not known",
+                    n_weights=None, n_kept=None, kept_fraction=None, kept_from_initial=None, disabled_relation=None,
+                    layers=[])
+    # A weight is kept where its effective (masked) value is nonzero: final.pt holds the frozen
+    # weights times the mask. A frozen weight that is exactly 0 would count as dropped either way.
+    per_layer, kept, overlap, n_initial = [], {}, 0, 0
+    for name, module in layer_kinds.weight_layers(ctx.model):
+        mask = module.weight.detach().cpu() != 0
+        kept[name] = mask
+        init = None if ctx.init_state is None else ctx.init_state.get(f"{name}.weight")
+        init_mask = None if init is None else init.cpu() != 0
+        if init_mask is not None:
+            overlap += int((mask & init_mask).sum())
+            n_initial += int(init_mask.sum())
+        per_layer.append(dict(
+            name=name, type=type(module).__name__, shape=list(mask.shape), n_weights=mask.numel(),
+            n_kept=int(mask.sum()), kept_fraction=mask.double().mean().item(),
+            kept_from_initial=None if init_mask is None else share(init_mask, mask),
+            dropped_from_initial=None if init_mask is None else int((init_mask & ~mask).sum())))
+    n_weights = sum(m.numel() for m in kept.values())
+    n_kept = int(sum(int(m.sum()) for m in kept.values()))
+    return dict(not_applicable=None, n_weights=n_weights, n_kept=n_kept, kept_fraction=n_kept / n_weights,
+                kept_from_initial=overlap / n_kept if n_initial and n_kept else None,
+                disabled_relation=_relation(ctx, kept), layers=per_layer)

@@ -143,8 +143,9 @@ class AnalysisContext:
     asked for (the fx trace; the baseline pass over the test set, with the off counter on)."""
 
     def __init__(self, model: nn.Module, test_batches, *, init_state: dict[str, torch.Tensor] | None = None,
-                 bf16: bool = False, device: torch.device | str = "cpu"):
+                 bf16: bool = False, device: torch.device | str = "cpu", train: str | None = None):
         self.model, self.test_batches, self.init_state = model, test_batches, init_state
+        self.train = train  # the run's what-trains spec where known (None: a model analysed alone)
         self.bf16, self.device = bf16, torch.device(device)
         self.sections: dict[str, dict] = {}
 
@@ -200,16 +201,17 @@ def stale_sections(kept: dict[str, dict], options: dict) -> list[str]:
 def analyze_model(model: nn.Module, test_batches, *, init_state: dict[str, torch.Tensor] | None = None,
                   thresholds=DEFAULT_THRESHOLDS, dead_share: float = DEFAULT_DEAD_SHARE, draws: int = DEFAULT_DRAWS,
                   seed: int = 0, bf16: bool = False, device: torch.device | str = "cpu",
-                  kept: dict[str, dict] | None = None) -> dict[str, dict]:
+                  kept: dict[str, dict] | None = None, train: str | None = None) -> dict[str, dict]:
     """Every registered evaluator's section for ``model`` on ``test_batches`` (name -> section).
 
     ``init_state`` (a plain state dict of the initial weights) adds the initial γ/β for
-    comparison. Sections of ``kept`` (a previous analysis of the same model) that are still fresh
+    comparison; ``train``, the run's what-trains spec, tells the evaluators that need it (``supermask``)
+    how the model was trained. Sections of ``kept`` (a previous analysis of the same model) that are still fresh
     are returned as they are; sections of evaluators no longer registered are kept too.
     """
     options = analysis_options(thresholds, dead_share, draws, seed)
     kept = kept or {}
-    ctx = AnalysisContext(model, test_batches, init_state=init_state, bf16=bf16, device=device)
+    ctx = AnalysisContext(model, test_batches, init_state=init_state, bf16=bf16, device=device, train=train)
     stale = stale_sections(kept, options)
     for entry in EVALUATORS.entries():
         e = entry.obj

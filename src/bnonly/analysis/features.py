@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..layers import BATCHNORM_TYPES, NORM_TYPES
+from ..layers import BATCHNORM_TYPES, NORM_TYPES, WEIGHT_TYPES
 from .errors import AnalysisError
 
 #: Where a normalizer's output goes, as analysis.json names the kinds, and as figures and tables
@@ -273,6 +273,42 @@ def destinations(model: nn.Module) -> tuple[dict[str, Destination], dict[str, st
                                 f"fx could not trace {part or 'the model'} ({errors[part]}), so where its output "
                                 "goes is unknown")
     return out, errors
+
+
+#: Modules whose output channel c holds their input channel c (and nothing else).
+_CHANNEL_KEEPING = (nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                    nn.AvgPool3d)
+
+
+def weight_neighbours(model: nn.Module) -> dict[str, tuple[str | None, list[str]]]:
+    """Per normalization layer, the conv/linear layers around it in the traced data flow: the one
+    whose output it normalizes directly (its feature c is that layer's output channel c, i.e.
+    weight row c), or None; and those that take its output through ReLU-like activations,
+    pooling, identity and dropout only, each of which keeps feature c in channel c (they read it
+    through weight column c). A residual sum ends the search (the sum's channel c has more than
+    one source), as does a reshape or anything else."""
+    found: dict[str, tuple[str | None, list[str]]] = {}
+    for prefix, part, graph in _traced_parts(model)[0]:
+        modules = dict(part.named_modules())
+        for node in graph.nodes:
+            if not (node.op == "call_module" and is_normalizer(modules[node.target])):
+                continue
+            source = node.args[0] if node.args else None
+            producer = (prefix + source.target if isinstance(source, fx.Node) and source.op == "call_module"
+                        and isinstance(modules[source.target], WEIGHT_TYPES) else None)
+            readers, todo, seen = [], list(node.users), set()
+            while todo:
+                user = todo.pop()
+                if user in seen:
+                    continue
+                seen.add(user)
+                if user.op == "call_module" and isinstance(modules[user.target], WEIGHT_TYPES):
+                    readers.append(prefix + user.target)
+                elif is_relu_like(user, modules) or (user.op == "call_module"
+                                                     and isinstance(modules[user.target], _CHANNEL_KEEPING)):
+                    todo += list(user.users)
+            found[prefix + node.target] = (producer, sorted(readers))
+    return found
 
 
 def split_by_destination(masks: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict[str, dict]:

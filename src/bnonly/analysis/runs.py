@@ -160,7 +160,7 @@ def analyze_run(path: str | Path, *, thresholds=DEFAULT_THRESHOLDS, dead_share: 
     loaded = load_run(path, data=data, device=device, threads=threads)
     cfg = loaded.cfg
     sections = analyze_model(loaded.model, loaded.test_batches, init_state=loaded.init_state, **options,
-                             bf16=loaded.bf16, device=loaded.device, kept=kept)
+                             bf16=loaded.bf16, device=loaded.device, kept=kept, train=cfg.train)
     result = dict(
         format=FORMAT_VERSION, run=run.path.name, model=cfg.model, train=cfg.train, seed=cfg.seed, epochs=cfg.epochs,
         bn_affine=cfg.bn_affine, gamma_init=cfg.gamma_init,

@@ -2,7 +2,9 @@
 
 A tensor that trains only in part is re-expressed (``torch.nn.utils.parametrize``) as its frozen
 values plus a small trainable vector of the selected entries, so the frozen entries are not
-parameters at all: no optimizer, momentum or weight decay can move them.
+parameters at all: no optimizer, momentum or weight decay can move them. A weight under a
+supermask (``supermask.py``) is re-expressed the same way, as its frozen values times the mask of
+its trainable scores.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch.nn.utils import parametrize
 
 from .. import layers
 from .spec import Selection, select
+from .supermask import Supermask
 
 
 class TrainableEntries(nn.Module):
@@ -33,11 +36,22 @@ class TrainableEntries(nn.Module):
         return flat.view(frozen.shape)
 
 
+#: The parametrizations ``apply_selection`` registers: their parameters are what trains, not
+#: parameters of the plain architecture.
+PARAMETRIZATIONS = (TrainableEntries, Supermask)
+
+
 def apply_selection(model: nn.Module, selection: Selection) -> nn.Module:
     """Make exactly the selected entries trainable, in place; returns ``model``."""
     for name, p in list(model.named_parameters()):
         mask = selection.masks.get(name, False)
-        if isinstance(mask, torch.Tensor):
+        scored = selection.scored.get(name)
+        if scored is not None:
+            mname, pname = name.rsplit(".", 1) if "." in name else ("", name)
+            module = model.get_submodule(mname)
+            parametrize.register_parametrization(module, pname, Supermask(p, scored))
+            getattr(module.parametrizations, pname).original.requires_grad_(False)
+        elif isinstance(mask, torch.Tensor):
             mname, pname = name.rsplit(".", 1) if "." in name else ("", name)
             module = model.get_submodule(mname)
             parametrize.register_parametrization(module, pname, TrainableEntries(p, mask))
@@ -92,16 +106,30 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def supermasks(model: nn.Module) -> dict[str, Supermask]:
+    """Plain weight name -> the :class:`Supermask` that masks it, for every weight under one."""
+    return {layers.qualified_name(mname, pname): plist[0]
+            for mname, module in model.named_modules() if parametrize.is_parametrized(module)
+            for pname, plist in module.parametrizations.items() if isinstance(plist[0], Supermask)}
+
+
+def score_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain weight name -> its supermask's scores (empty unless a supermask trains). A finished
+    run keeps them in scores.pt: final.pt holds only the masked weights they chose."""
+    return {name: m.scores.detach().clone() for name, m in supermasks(model).items()}
+
+
 def layer_breakdown(model: nn.Module) -> list[dict]:
     """Per parameter tensor: owning layer type, shape, total and trainable entries."""
     rows = []
     for mname, module in model.named_modules():
-        if isinstance(module, (parametrize.ParametrizationList, TrainableEntries)):
+        if isinstance(module, (parametrize.ParametrizationList, *PARAMETRIZATIONS)):
             continue  # reported with the layer that owns them
         tensors = {n: (p, p.numel() if p.requires_grad else 0) for n, p in module.named_parameters(recurse=False)}
         if parametrize.is_parametrized(module):
             for pname, plist in module.parametrizations.items():
-                tensors[pname] = (getattr(module, pname), plist[0].values.numel())
+                tensors[pname] = (getattr(module, pname), sum(p.numel() for p in plist[0].parameters()
+                                                              if p.requires_grad))
         for pname, (p, trainable) in tensors.items():
             rows.append(dict(name=layers.qualified_name(mname, pname), layer=type(module).__name__,
                              shape=list(p.shape), total=p.numel(), trainable=trainable))

@@ -1,8 +1,10 @@
 """The what-trains language: a registry of terms, and a spec (terms joined by ``+``) resolved into masks.
 
 Each term is registered in :data:`TERMS` with its syntax, the parser of its argument, a help line
-and a selector ``select(model, arg, ctx) -> {parameter name: True | bool mask}``; a spec trains the
-union of its terms' selections. The spec help and the term table of docs/what-trains.md are generated
+and a selector ``select(model, arg, ctx) -> {parameter name: True | bool mask | Scored}``; a spec
+trains the union of its terms' selections. ``Scored`` (``supermask.py``) puts a conv/linear weight
+under a supermask: its scores train and the weight itself stays frozen, so a weight that one term
+scores no other term may train. The spec help and the term table of docs/what-trains.md are generated
 from the registry, so a new term documents itself::
 
     @TERMS.register("first-bn", help="γ and β of the first BatchNorm layer")
@@ -25,6 +27,7 @@ from torch import nn
 from .. import layers
 from ..errors import BnonlyError
 from ..registry import Registry
+from .supermask import Scored
 
 
 class SpecError(BnonlyError, ValueError):
@@ -47,23 +50,27 @@ class SelectContext:
 Selector = Callable[[nn.Module, Any, SelectContext], dict[str, bool | torch.Tensor]]
 
 TERMS: Registry[Selector] = Registry("what-trains term", (
-    "a selector select(model, arg, ctx) -> {parameter name: True (whole tensor) | bool mask of its shape}, "
-    "finding layers by module type (bnonly.layers); it raises SpecError when it selects nothing. Register it "
+    "a selector select(model, arg, ctx) -> {parameter name: True (whole tensor) | bool mask of its shape | "
+    "Scored (a supermask: trainable scores of its shape; the tensor itself stays frozen)}, finding layers "
+    "by module type (bnonly.layers); it raises SpecError when it selects nothing. Register it "
     "with help= (one line, Markdown), and for a term that takes an argument ('name:ARG') with parse= "
     "(str -> arg, raising ValueError) and syntax= (e.g. 'random:matched|N'). Names hold no '+' or ':'"))
 
 
 @dataclass
 class Selection:
-    """What trains: parameter name -> ``True`` (whole tensor) or a bool mask of entries."""
+    """What trains: parameter name -> ``True`` (whole tensor) or a bool mask of entries; and the
+    weights under a supermask (``scored``: name -> :class:`Scored`), whose scores train instead."""
 
     spec: str
     seed: int
     masks: dict[str, bool | torch.Tensor] = field(default_factory=dict)
+    scored: dict[str, Scored] = field(default_factory=dict)
 
     def num_trainable(self, model: nn.Module) -> int:
         sizes = dict((n, p.numel()) for n, p in model.named_parameters())
-        return sum(sizes[n] if m is True else int(m.sum()) for n, m in self.masks.items())
+        return (sum(sizes[n] if m is True else int(m.sum()) for n, m in self.masks.items())
+                + sum(s.scores.numel() for s in self.scored.values()))
 
 
 def syntax(name: str) -> str:
@@ -114,11 +121,17 @@ def parse_spec(spec: str) -> list[str]:
 
 
 def _checked(term: str, chosen: dict, params: dict[str, nn.Parameter]) -> dict:
-    """A selector's result, refused unless it names real parameters with whole-tensor bool masks."""
+    """A selector's result, refused unless it names real parameters with whole-tensor bool masks
+    (or scores of the parameter's shape)."""
     for name, mask in chosen.items():
         if name not in params:
             raise ValueError(f"what-trains term {term!r} selected {name!r}, which is not a parameter of the model")
-        if mask is not True and not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+        if isinstance(mask, Scored):
+            if mask.scores.shape != params[name].shape or not 1 <= mask.keep <= mask.scores.numel():
+                raise ValueError(f"what-trains term {term!r} gave {name!r} scores of shape "
+                                 f"{tuple(mask.scores.shape)} keeping {mask.keep}; the tensor has shape "
+                                 f"{tuple(params[name].shape)}")
+        elif mask is not True and not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
                                      and mask.shape == params[name].shape):
             raise ValueError(f"what-trains term {term!r} gave {name!r} a mask that is neither True nor a bool "
                              f"tensor of shape {tuple(params[name].shape)}")
@@ -136,6 +149,8 @@ def select(model: nn.Module, spec: str, seed: int = 0, *, bn_affine: bool = True
     fixed = set() if bn_affine else set(layers.affine_params(model, layers.BATCHNORM_TYPES))
     gen = torch.Generator().manual_seed(seed)
     union: dict[str, bool | torch.Tensor] = {}
+    scored: dict[str, Scored] = {}
+    by: dict[str, str] = {}  # which term first chose each tensor, for messages
     for i, (term, name, arg) in enumerate(parsed):
         chosen = _checked(term, TERMS.get(name)(model, arg, SelectContext(seed, i, term, gen)), params)
         kept = {n: m for n, m in chosen.items() if n not in fixed}
@@ -143,9 +158,18 @@ def select(model: nn.Module, spec: str, seed: int = 0, *, bn_affine: bool = True
             raise SpecError(f"{term!r} trains only BatchNorm γ/β here, but the BN affine is disabled "
                             "(bn_affine=False)")
         for n, mask in kept.items():
+            # A scored weight stays frozen: training it too (or scoring it twice) has no one meaning.
+            if isinstance(mask, Scored) or n in scored:
+                if n in scored or n in union:
+                    raise SpecError(f"{spec!r}: {term!r} and {by[n]!r} both choose {n}, and a weight under a "
+                                    f"supermask is neither trained nor scored by another term; drop one of them "
+                                    f"(e.g. 'bn+supermask:50', whose terms choose different tensors)")
+                scored[n], by[n] = mask, term
+                continue
+            by.setdefault(n, term)
             old = union.get(n, False)
             union[n] = True if old is True or mask is True else (mask if old is False else old | mask)
     for n, m in list(union.items()):
         if isinstance(m, torch.Tensor) and bool(m.all()):
             union[n] = True
-    return Selection(spec=spec, seed=seed, masks=union)
+    return Selection(spec=spec, seed=seed, masks=union, scored=scored)

@@ -1,8 +1,8 @@
 """The built-in what-trains terms, registered in the order ``--train``'s help lists them.
 
 Each selector is a few lines over the layer kinds of ``bnonly.layers``. Random subsets are
-drawn from the selection seed: ``random-per-channel`` from the spec's shared generator,
-``random`` from a numpy generator of its own per term.
+drawn from the selection seed: ``random-per-channel`` and ``supermask``'s initial scores from the
+spec's shared generator, ``random`` from a numpy generator of its own per term.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import layers
 from .spec import TERMS, SelectContext, SpecError, spec_help
+from .supermask import Scored, initial_scores, kept_count, parse_percent
 
 
 def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -138,6 +139,21 @@ def _random(model: nn.Module, arg: int | str, ctx: SelectContext) -> dict[str, t
             masks[layers.qualified_name(mname, "weight")] = mask.view(layer.weight.shape)
         start += size
     return masks
+
+
+
+@TERMS.register("supermask", syntax="supermask:P", parse=parse_percent,
+                help="edge-popup (Ramanujan et al. 2020): a trainable score for every conv/linear weight (the output "
+                     "layer's included); the forward pass uses each layer's top P% of weights by |score| and "
+                     "zeroes the rest; the weights never change (`bn+supermask:50` trains γ/β and the scores)")
+def _supermask(model: nn.Module, percent, ctx: SelectContext) -> dict[str, Scored]:
+    """Scores drawn from the spec's shared generator, layer by layer in module order."""
+    found = layers.weight_layers(model)
+    if not found:
+        raise SpecError(f"'{ctx.term}' selects nothing: the model has no conv or linear layer")
+    return {layers.qualified_name(mname, "weight"): Scored(initial_scores(layer.weight, ctx.generator),
+                                                           kept_count(layer.weight.numel(), percent))
+            for mname, layer in found}
 
 
 SPEC_HELP = spec_help()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..layers import norm_param_count
-from ..trainable import TrainableEntries, bn_param_count, output_layer, trainable_parameters
+from ..trainable import PARAMETRIZATIONS, bn_param_count, output_layer, trainable_parameters
 
 
 def count_summary(model: nn.Module) -> dict:
@@ -24,5 +24,5 @@ def count_summary(model: nn.Module) -> dict:
 
 def _plain_parameters(module: nn.Module) -> list[torch.Tensor]:
     """Parameters as the plain architecture has them: a parametrized weight counts once
-    (its frozen original), not again for its trainable entries."""
-    return [p for m in module.modules() if not isinstance(m, TrainableEntries) for p in m.parameters(recurse=False)]
+    (its frozen original), not again for its trainable entries or supermask scores."""
+    return [p for m in module.modules() if not isinstance(m, PARAMETRIZATIONS) for p in m.parameters(recurse=False)]

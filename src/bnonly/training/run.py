@@ -13,7 +13,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..errors import ConfigError, Interrupted, OutputError, TrainingFailed
 from ..rundir import RunDir, atomic_torch_save, atomic_write_json, check_writable
-from ..trainable import plain_state_dict
+from ..trainable import plain_state_dict, score_state_dict
 from .build import Built, build
 from .callbacks import Callback
 from .counting import count_summary
@@ -107,6 +107,9 @@ def _train_locked(cfg: TrainConfig, built: Built, run: RunDir, log, extra: list[
         summary["finished_early"] = trainer.finished_early
     if main:
         atomic_torch_save(run.final_weights, plain_state_dict(built.model))
+        scores = score_state_dict(built.model)
+        if scores:  # a supermask run: what trained is not in final.pt (its masked weights are)
+            atomic_torch_save(run.scores, scores)
         atomic_write_json(run.summary, summary)
         run.checkpoint.unlink(missing_ok=True)
         run.previous_checkpoint.unlink(missing_ok=True)
