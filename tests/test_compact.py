@@ -121,7 +121,7 @@ def test_import_makes_a_run_folder_that_evaluates_the_same(runs, tmp_path):
     assert _bits_equal(_load(out / "init.pt"), _load(run / "init.pt"))
 
     def accuracy(folder: Path) -> dict:
-        cfg = bnonly.TrainConfig(**json.loads((folder / "config.json").read_text()))
+        cfg = bnonly.load_run(folder).config
         model = bnonly.create_model(cfg.model, 4, seed=None)
         model.load_state_dict(_load(folder / "final.pt"))
         batches = make_batches(open_dataset(cfg.data).test, batch_size=64, train=False, seed=0, device="cpu",
@@ -158,7 +158,7 @@ def _rewrite(src: Path, dst: Path, change) -> None:
                                            r"'bnonly-compact sha256='\); make one with `bnonly export")),
     (lambda f, d: _damaged(f, d, lambda b: b[:-1] + bytes([b[-1] ^ 1])), r"is damaged: its content does not match"),
     (lambda f, d: _damaged(f, d, lambda b: b[:len(b) // 2]), r"is damaged: its content does not match"),
-    (lambda f, d: _edited(f, d, lambda p: p.update(format=99)), r"is compact format 99; this bnonly reads format 1"),
+    (lambda f, d: _edited(f, d, lambda p: p.update(format=99)), r"compact file format 99, written by a newer bnonly"),
     (lambda f, d: _edited(f, d, lambda p: p.pop("digest")), r"lacks digest; it was not written by `bnonly export`"),
     (lambda f, d: _edited(f, d, lambda p: p["config"].update(model="cifar_resnet_7")),
      r"its model 'cifar_resnet_7' is not one this bnonly builds \(`bnonly models` lists them\)"),

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 from . import config as cfgmod
 from . import distributed
+from ._version import __version__
 from .argtypes import option
 from .config import at_least
 from .errors import BnonlyError, Interrupted, TrainingFailed
@@ -100,6 +101,7 @@ def cmd_models(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnonly",
                                      description="Train only BatchNorm of random CNNs, and compare honestly.")
+    parser.add_argument("--version", action="version", version=f"bnonly {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run (or resume it, or report it if finished)")

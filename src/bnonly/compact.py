@@ -63,15 +63,16 @@ import torch
 from torch import nn
 
 from . import config as cfgmod
+from . import formats
 from .errors import BnonlyError
 from .layers import output_layer
 from .models import create_model, family_of
-from .rundir import RunDir, atomic_torch_save, atomic_write_bytes, atomic_write_json, check_writable, read_json
+from .rundir import RunDir, atomic_torch_save, atomic_write_bytes, check_writable
 from .trainable import Selection, Supermask, TrainableEntries, parse_spec, plain_state_dict, score_state_dict
 from .training.build import build_model
 
 MAGIC = b"bnonly-compact sha256="
-FORMAT = 1
+FORMAT = formats.COMPACT_FORMAT
 _PAYLOAD_KEYS = ("config", "num_classes", "digest", "trained", "buffers")
 #: Below this ratio of stored to total numbers the file is called compact.
 _COMPACT_SHARE = 0.5
@@ -202,6 +203,10 @@ def _config(values: object, where: str) -> cfgmod.TrainConfig:
     """The run's TrainConfig, refused in one line when this bnonly cannot rebuild it."""
     if not isinstance(values, dict):
         raise CompactError(f"{where} holds no config")
+    try:
+        values = formats.config_fields(values, where)
+    except BnonlyError as e:
+        raise CompactError(str(e)) from None
     unknown = sorted(set(values) - set(cfgmod.field_names()))
     if unknown:
         raise CompactError(f"{where}: its config has field(s) {', '.join(unknown)} that this bnonly does not know "
@@ -285,7 +290,7 @@ def export(run_dir: str | Path, file: str | Path) -> Exported:
         raise CompactError(f"run {run.path} has not finished ({status}); launch it again to finish it, then export")
     if not run.final_weights.is_file():
         raise CompactError(f"run {run.path} finished but has no final.pt to export")
-    values = read_json(run.config)
+    values = run.read_config()
     cfg = _config(values, str(run.config))
     final = torch.load(run.final_weights, map_location="cpu", weights_only=True)
     num_classes = _num_classes(cfg, final)
@@ -339,9 +344,10 @@ def read_compact(file: str | Path) -> dict:
         payload = torch.load(io.BytesIO(zlib.decompress(body)), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is unusable
         raise CompactError(f"{path} is damaged: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else None
-        raise CompactError(f"{path} is compact format {found!r}; this bnonly reads format {FORMAT}")
+    try:
+        formats.found_format("compact", payload, str(path))
+    except formats.FormatError as e:
+        raise CompactError(str(e)) from None
     missing = [key for key in _PAYLOAD_KEYS if key not in payload]
     if missing:
         raise CompactError(f"{path} lacks {', '.join(missing)}; it was not written by `bnonly export`")
@@ -410,8 +416,8 @@ def load_compact(file: str | Path, *, final: str | Path | None = None) -> Compac
                                f"{torch.__version__} (exported with torch {payload.get('torch')})")
         checked = "bit for bit against the SHA-256 of final.pt stored at export"
     r.model.eval()
-    return Compact(r.model, cfg, payload["config"], payload.get("summary") or {}, int(payload["num_classes"]),
-                   init_state, checked)
+    summary = formats.upgrade_summary(payload["summary"], where) if payload.get("summary") else {}
+    return Compact(r.model, cfg, cfg.to_dict(), summary, int(payload["num_classes"]), init_state, checked)
 
 
 def import_run(file: str | Path, out: str | Path, *, final: str | Path | None = None) -> Path:
@@ -424,7 +430,7 @@ def import_run(file: str | Path, out: str | Path, *, final: str | Path | None = 
     check_writable(out, "--out")
     loaded = load_compact(file, final=final)
     run = RunDir(out)
-    atomic_write_json(run.config, loaded.config)
+    run.write_config(loaded.config)
     atomic_torch_save(run.init_weights, loaded.init_state)
     atomic_torch_save(run.final_weights, loaded.state)
     scores = score_state_dict(loaded.model)
@@ -432,7 +438,7 @@ def import_run(file: str | Path, out: str | Path, *, final: str | Path | None = 
         atomic_torch_save(run.scores, scores)
     note = (f"imported from the compact file {Path(file).resolve()}: weights rebuilt from the seed and the stored "
             f"trained entries, checked {loaded.checked_against}; no metrics.jsonl or checkpoints")
-    atomic_write_json(run.summary, dict(loaded.summary, status="done", run_dir=str(out),
+    run.write_summary(dict(loaded.summary, status="done", run_dir=str(out),
                                         imported=dict(source=str(Path(file).resolve()), note=note)))
     return out
 

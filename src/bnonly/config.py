@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from . import formats
 from .errors import ConfigError
 from .trainable import SPEC_HELP
 
@@ -38,6 +39,8 @@ class Allowed:
 
     text: str
     check: Callable[[Any], bool]
+    schema: tuple = ()
+    """The same bounds as JSON Schema keywords ((keyword, value) pairs), for config.schema.json."""
 
 
 def _finite(v) -> bool:
@@ -46,29 +49,32 @@ def _finite(v) -> bool:
 
 def above(low, high=None) -> Allowed:
     return Allowed(f"> {low}" + (f" and <= {high}" if high is not None else ""),
-                   lambda v: _finite(v) and v > low and (high is None or v <= high))
+                   lambda v: _finite(v) and v > low and (high is None or v <= high),
+                   (("exclusiveMinimum", low),) + ((("maximum", high),) if high is not None else ()))
 
 
 def at_least(low, high=None) -> Allowed:
     return Allowed(f">= {low}" + (f" and <= {high}" if high is not None else ""),
-                   lambda v: _finite(v) and v >= low and (high is None or v <= high))
+                   lambda v: _finite(v) and v >= low and (high is None or v <= high),
+                   (("minimum", low),) + ((("maximum", high),) if high is not None else ()))
 
 
 def one_of(*choices) -> Allowed:
-    return Allowed("one of " + ", ".join(map(str, choices)), lambda v: v in choices)
+    return Allowed("one of " + ", ".join(map(str, choices)), lambda v: v in choices, (("enum", list(choices)),))
 
 
 def matching(pattern: str, text: str) -> Allowed:
-    return Allowed(text, lambda v: re.fullmatch(pattern, v) is not None)
+    return Allowed(text, lambda v: re.fullmatch(pattern, v) is not None, (("pattern", f"^(?:{pattern})$"),))
 
 
 def _ascending(v) -> bool:
     return all(_finite(x) and x > 0 for x in v) and all(a < b for a, b in zip(v, v[1:]))
 
 
-NON_EMPTY = Allowed("not empty", lambda v: v.strip() != "")
+NON_EMPTY = Allowed("not empty", lambda v: v.strip() != "", (("pattern", r"\S"),))
 SEED = at_least(0, 2**63 - 1)
-ASCENDING = Allowed("positive numbers in ascending order (may be empty: no decay)", _ascending)
+ASCENDING = Allowed("positive numbers in ascending order (may be empty: no decay)", _ascending,
+                    (("items", {"type": "number", "exclusiveMinimum": 0}),))
 DEVICE = matching(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 
@@ -258,7 +264,7 @@ def source_run_id(run_dir: str) -> str:
         if name == "summary.json" and data.get("run_id"):
             return data["run_id"]
         if name == "config.json":
-            return from_dict(data).run_id
+            return from_dict(formats.config_fields(data, str(folder / name))).run_id
     raise ConfigError(f"init_from={run_dir!r} is not a run folder (no readable summary.json or config.json there)")
 
 
@@ -344,6 +350,9 @@ def _show(value: Any) -> str:
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from field values; a run's config.json content (with its format key) is accepted as it is."""
+    if "format" in values:
+        values = formats.config_fields(values, "config")
     unknown = sorted(set(values) - set(FIELD_DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(FIELD_DEFAULTS)}")
@@ -365,11 +374,34 @@ def read_yaml(path: str | Path, what: str, error: type[Exception] = ConfigError)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON mapping of config fields."""
+    """Read a YAML or JSON mapping of config fields; a run's config.json (any format) reads as its fields."""
     values = read_yaml(path, "config file")
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of field: value")
-    return values
+    return formats.config_fields(values, str(path)) if "format" in values else values
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "array"}
+
+
+def json_schema() -> dict:
+    """The JSON Schema of config.json in today's format, from the fields' types, bounds and help
+    (shipped as bnonly/schemas/config.schema.json; a test keeps the two equal)."""
+    properties = {"format": {"const": formats.CONFIG_FORMAT, "description": "config.json's format number"}}
+    for f in fields(TrainConfig):
+        kind, optional = FIELD_KINDS[f.name]
+        allowed = f.metadata.get("allowed")
+        prop = {"type": [_JSON_TYPES[kind], "null"] if optional else _JSON_TYPES[kind],
+                "description": f.metadata["help"], "default": _jsonable(f.default)}
+        prop.update(dict(allowed.schema) if allowed is not None else {})
+        if kind is tuple:
+            prop.setdefault("items", {"type": "number"})
+        properties[f.name] = prop
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "bnonly/config.schema.json",
+            "title": f"bnonly config.json, format {formats.CONFIG_FORMAT}",
+            "description": "A run's resolved TrainConfig: every field, its value, and the format number.",
+            "type": "object", "required": ["format", *field_names()], "additionalProperties": False,
+            "properties": properties}
 
 
 def resolve(preset: str | None = None, config_file: str | Path | None = None, **overrides) -> TrainConfig:

@@ -56,3 +56,11 @@ class Interrupted(BnonlyError):
     def __init__(self, message: str, signal_name: str | None = None):
         super().__init__(message)
         self.signal_name = signal_name
+
+
+class MissingExtra(BnonlyError, ImportError):
+    """An optional package a command needs is not installed; the message names the extra to install."""
+
+
+class FormatError(BnonlyError, ValueError):
+    """A run file bnonly cannot read: written by a newer bnonly, or not a bnonly file at all."""

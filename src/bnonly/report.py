@@ -37,8 +37,9 @@ from . import analysis as an
 from . import config as cfgmod
 from . import paper_numbers as paper
 from .errors import BnonlyError
+from .extras import require
 from .models import ModelNameError, cifar_resnet, create_model, family_of, imagenet_resnet
-from .rundir import RunDir, read_json
+from .rundir import RunDir
 from .sweep import expand, load_spec
 
 
@@ -90,7 +91,7 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
     rows, analyses, configs, normalizers = [], {}, [], {}
     for path in an.finished_runs(root):
         run = RunDir(path)
-        summary, cfg = run.read_summary(), read_json(run.config) or {}
+        summary, cfg = run.read_summary(), run.read_config() or {}
         family, depth, width = model_shape(summary["model"])
         if summary["model"] not in normalizers:
             normalizers[summary["model"]] = model_normalizer(summary["model"])
@@ -195,7 +196,7 @@ def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[d
         if run.is_done():
             continue
         seen.add(run.path.name)
-        cfg, summary, metrics = read_json(run.config) or {}, run.read_summary() or {}, run.read_metrics()
+        cfg, summary, metrics = run.read_config() or {}, run.read_summary() or {}, run.read_metrics()
         if summary.get("status") == "failed":
             status = "failed: " + summary.get("reason", "")
         else:
@@ -775,7 +776,7 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
         share = " / ".join(f"{100 * s:g}%" for s in sorted(set(df["dead_share"].dropna())))
         if wording.relu_bns:
             md += [f"A feature (one BN channel) is *disabled* when ReLU(BN output) is zero everywhere for at least "
-                   f"{share} of test inputs (see the README's analysis section). "
+                   f"{share} of test inputs (see docs/analysis-reports.md). "
                    f"Fractions in % of all BN features, mean ± std over seeds.", ""]
         else:
             md += [f"A feature (one channel of a normalization layer; one hidden unit of a LayerNorm or RMSNorm over "
@@ -865,7 +866,8 @@ def make_report(root: str | Path, out: str | Path | None = None, *, title: str |
                 note: str | Path | None = None, sweep: str | Path | None = None, analyze: bool = False,
                 analyze_options: dict | None = None, command: str | None = None, log=print) -> Path:
     """Gather the finished runs below ``root`` and write the tables and report into ``out``."""
-    import pandas as pd
+    pd = require("pandas", "bnonly report")
+    require("matplotlib", "bnonly report's figures")
 
     root = Path(root)
     out = Path(out) if out is not None else root / "report"

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from . import formats
 from .errors import CheckpointError, OutputError, RunLocked
 
 CHECKPOINT_MAGIC = b"bnonly-checkpoint sha256="
@@ -105,7 +106,20 @@ class RunDir:
     log = property(lambda self: self.path / "train.log")
 
     def read_summary(self) -> dict | None:
-        return read_json(self.summary)
+        """summary.json in today's format (older ones upgraded; bnonly.formats), None if absent."""
+        summary = read_json(self.summary)
+        return None if summary is None else formats.upgrade_summary(summary, str(self.summary))
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.summary, formats.stamped("summary", summary))
+
+    def read_config(self) -> dict | None:
+        """config.json's TrainConfig fields (any format), None if absent or unreadable."""
+        values = read_json(self.config)
+        return None if values is None else formats.config_fields(values, str(self.config))
+
+    def write_config(self, values: dict) -> None:
+        atomic_write_json(self.config, formats.stamped("config", values))
 
     def is_done(self) -> bool:
         s = self.read_summary()
@@ -114,11 +128,13 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        where = str(self.metrics)
+        return [formats.upgrade_metrics_row(json.loads(line), where)
+                for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Rewrite metrics.jsonl atomically (used to drop rows newer than a resumed checkpoint)."""
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        text = "".join(json.dumps(formats.stamped("metrics", r), sort_keys=True) + "\n" for r in rows)
         atomic_write_bytes(self.metrics, lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: dict) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from .errors import Interrupted
+from .extras import require
 from .sweep import SweepError, attempt
 
 
@@ -52,8 +53,7 @@ def slurm_executor(folder: str | Path, *, partition: str | None = None, time_min
     """A submitit executor for Slurm; ``options`` are further submitit Slurm parameters (account, qos...)."""
     import shutil
 
-    import submitit
-
+    submitit = require("submitit", "--launcher slurm")
     if shutil.which("srun") is None:
         raise SweepError("--launcher slurm needs Slurm (no srun on PATH): run it on the cluster's login node, "
                          "or try the same jobs here with --launcher submitit-local")
@@ -70,8 +70,7 @@ def slurm_executor(folder: str | Path, *, partition: str | None = None, time_min
 def local_executor(folder: str | Path, *, time_min: float = 24 * 60, gpus_per_run: int = 0,
                    tasks_per_run: int | None = None, max_requeues: int = 20, signal_delay_s: int = 90):
     """submitit's local executor with the Slurm launcher's settings: the same jobs, on this machine."""
-    import submitit
-
+    submitit = require("submitit", "--launcher submitit-local")
     executor = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeues)
     executor.update_parameters(timeout_min=time_min, gpus_per_node=gpus_per_run,
                                tasks_per_node=tasks_per_run or max(gpus_per_run, 1), signal_delay_s=signal_delay_s)

@@ -32,7 +32,7 @@ import torch
 
 from . import config as cfgmod
 from .errors import EXIT_INTERRUPTED, EXIT_LOCKED, BnonlyError, Interrupted, RunLocked
-from .rundir import RunDir, atomic_write_json
+from .rundir import RunDir
 from .training import STOP_SIGNALS, train
 
 SPEC_KEYS = ("preset", "base", "grid")
@@ -120,7 +120,7 @@ def record_failure(cfg: cfgmod.TrainConfig, reason: str, details: list[str]) -> 
     """Mark a run failed when its process could not (it crashed before setting up, or was killed)."""
     run = run_dir(cfg)
     with run.lock():
-        atomic_write_json(run.summary, dict(
+        run.write_summary(dict(
             status="failed", reason=reason, details=details, run_id=cfg.run_id, run_dir=str(run.path),
             model=cfg.model, train=cfg.train, seed=cfg.seed, epochs=cfg.epochs, data=cfg.data))
 

@@ -8,7 +8,7 @@ Modules: ``evaluators`` (the registry, :class:`Column`, :class:`AnalysisContext`
 ``builtin`` (the built-in evaluators), ``features`` (which layers, where their outputs go, hooks),
 ``stats``, ``runs`` (run folders, analysis.json on disk, old formats), ``figures``, ``cli``.
 
-Definitions (the README's analysis section documents the JSON):
+Definitions (docs/analysis-reports.md documents the JSON; docs/formats.md its schema):
 
 * Normalization layers are found by module type (:func:`~bnonly.analysis.features.is_normalizer`:
   every kind of ``bnonly.layers.NORM_TYPES``: BatchNorm, InstanceNorm, GroupNorm, LayerNorm,
@@ -136,7 +136,7 @@ from .runs import (
                          LoadedRun,
                          analyze_run,
                          finished_runs,
-                         load_run,
+                         load_trained,
                          migrate,
                          read_analysis,
 )
@@ -148,7 +148,7 @@ __all__ = [
     "FORMAT_VERSION", "LoadedRun", "OffCounter", "PRE_RECORD_BN_STATISTICS", "REPORT_TABLES", "ablation",
     "add_subcommand", "affine_values", "analysis_options", "analyze_model", "analyze_run", "channels",
     "column_values", "describe", "destination_label", "destinations", "evaluator", "feature_count", "finished_runs",
-    "fraction_below", "is_normalizer", "is_relu_like", "load_run", "migrate", "norm_kind", "norm_layers",
+    "fraction_below", "is_normalizer", "is_relu_like", "load_trained", "migrate", "norm_kind", "norm_layers",
     "normalizer_name", "norms_word", "not_applicable_column", "parse_thresholds", "plot_run", "pyplot",
     "random_masks", "read_analysis", "stale_sections", "summary_line", "threshold_key", "zeroed_features",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AnalysisError
+from ..extras import require
 from .features import destination_label
 
 FIGURE_PREFIX = "analysis_"
@@ -15,10 +15,7 @@ FIGURE_PREFIX = "analysis_"
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend, imported only when figures are drawn."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise AnalysisError("figures need matplotlib: pip install 'bnonly[report]' (or pass --no-figures)") from None
+    matplotlib = require("matplotlib", "drawing figures (bnonly analyze without --no-figures, bnonly report)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

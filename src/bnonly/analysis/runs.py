@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import compute
+from .. import compute, formats
 from .. import config as cfgmod
 from ..data import DataError, make_batches
 from ..models import create_model
@@ -31,15 +31,13 @@ from .evaluators import (
     analyze_model,
     stale_sections,
 )
-from .figures import plot_run
+from .figures import plot_run, pyplot
 
 ANALYSIS_FILE = "analysis.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = formats.ANALYSIS_FORMAT
 _RUN_KEYS = ("run", "model", "train", "seed", "epochs", "bn_affine", "gamma_init", "bn_statistics", "dataset",
              "num_classes", "summary_test_acc")
-#: The BatchNorm statistics of runs from before summary.json recorded them: batch statistics in
-#: training, the running averages in evaluation (the only ones there were).
-PRE_RECORD_BN_STATISTICS = {"train": "batch", "eval": "running averages"}
+PRE_RECORD_BN_STATISTICS = formats.PRE_RECORD_BN_STATISTICS
 
 
 def finished_runs(root: str | Path) -> list[Path]:
@@ -67,7 +65,7 @@ class LoadedRun:
     bf16: bool
 
 
-def load_run(path: str | Path, *, data: str | None = None, device: str = "cpu",
+def load_trained(path: str | Path, *, data: str | None = None, device: str = "cpu",
              threads: int | None = None) -> LoadedRun:
     """Load a finished run; ``data`` overrides the dataset path in config.json (moved data)."""
     run = RunDir(path)
@@ -75,7 +73,7 @@ def load_run(path: str | Path, *, data: str | None = None, device: str = "cpu",
         raise AnalysisError(f"{run.path} is not a run folder (no config.json)")
     if not run.is_done():
         raise AnalysisError(f"run {run.path} has not finished (no summary.json with status 'done')")
-    cfg = cfgmod.from_dict(read_json(run.config))
+    cfg = cfgmod.from_dict(run.read_config())
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -110,7 +108,11 @@ def load_run(path: str | Path, *, data: str | None = None, device: str = "cpu",
 
 def read_analysis(run_dir: str | Path) -> dict | None:
     """A run folder's analysis.json in today's format (migrated if older), or None if there is none."""
-    return migrate(read_json(Path(run_dir) / ANALYSIS_FILE))
+    path = Path(run_dir) / ANALYSIS_FILE
+    found = read_json(path)
+    if found is not None:
+        formats.found_format("analysis", found, str(path))
+    return migrate(found)
 
 
 _AFFINE_LAYER_KEYS = ("name", "type", "num_features", "affine", "gamma", "beta", "init_gamma", "fraction_gamma_below")
@@ -149,15 +151,18 @@ def analyze_run(path: str | Path, *, thresholds=DEFAULT_THRESHOLDS, dead_share: 
     """Analyse one finished run and write ``analysis.json`` (and figures) into its folder.
 
     Sections of an existing analysis that are still fresh are kept (all of them unless ``force``);
-    when every section is, the file is returned as it is, without loading the run.
+    when every section is, the file is returned as it is, without loading the run. Figures need
+    matplotlib (the report extra): without it, this refuses before measuring anything.
     """
+    if figures:
+        pyplot()
     run = RunDir(path)
     options = analysis_options(thresholds, dead_share, draws, seed)
     existing = None if force else read_analysis(run.path)
     kept = existing["sections"] if existing else {}
     if existing and not stale_sections(kept, options):
         return existing
-    loaded = load_run(path, data=data, device=device, threads=threads)
+    loaded = load_trained(path, data=data, device=device, threads=threads)
     cfg = loaded.cfg
     sections = analyze_model(loaded.model, loaded.test_batches, init_state=loaded.init_state, **options,
                              bf16=loaded.bf16, device=loaded.device, kept=kept, train=cfg.train)

@@ -17,9 +17,10 @@ from .. import compute, distributed, speed
 from ..config import TrainConfig
 from ..data import detect_format, make_batches, open_dataset
 from ..errors import ConfigError
+from ..extras import require
 from ..layers import BATCHNORM_TYPES, layers_of, output_layer
 from ..models import WEIGHT_INITS, create_model
-from ..rundir import RunDir, read_json
+from ..rundir import RunDir
 from ..trainable import configure, parse_spec
 from .callbacks import LOGGERS
 from .graph_step import check_capturable
@@ -44,7 +45,9 @@ def preflight(cfg: TrainConfig, *, check_device: bool = True) -> None:
     OPTIMIZERS.entry(cfg.optimizer)
     OBJECTIVES.entry(cfg.loss)
     for name in filter(None, (n.strip() for n in cfg.log.split(","))):
-        LOGGERS.entry(name)
+        needs = LOGGERS.entry(name).extra.get("requires")
+        if needs:
+            require(needs, f"--log {name}")
     if not cfg.data:
         raise ConfigError(NO_DATA)
     detect_format(cfg.data)
@@ -158,7 +161,7 @@ def start_from(model: nn.Module, path: str) -> None:
     seed). The output layer keeps its fresh initialization when its shape differs (another class
     count); any other difference in architecture is an error."""
     run = source_run(path)
-    source = read_json(run.config) or {}
+    source = run.read_config() or {}
     state = torch.load(run.final_weights, map_location="cpu")
     own = model.state_dict()
     out_name, _ = output_layer(model)

@@ -36,7 +36,7 @@ import sys
 import torch
 
 from .. import distributed
-from ..errors import ConfigError, TrainingFailed
+from ..errors import TrainingFailed
 from ..layers import RUNNING_STATS_TYPES, layers_of
 from ..registry import Registry
 from .evaluate import autocast, evaluate
@@ -276,11 +276,8 @@ class TensorBoard(Callback):
     def on_fit_start(self, loop) -> None:
         if not loop.world.is_main:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--log tensorboard needs the tensorboard package: "
-                              "pip install 'bnonly[tensorboard]'") from None
+        from torch.utils.tensorboard import SummaryWriter  # preflight checked that tensorboard is installed
+
         self.writer = SummaryWriter(log_dir=str(loop.run.path / "tensorboard"), purge_step=loop.step + 1)
 
     def on_step_end(self, loop, out) -> None:
@@ -298,6 +295,7 @@ class TensorBoard(Callback):
 
 
 LOGGERS: Registry = Registry("logging backend", "a Callback class taking no arguments, run after Metrics")
-"""``--log NAME[,NAME]``: extra logging callbacks beside metrics.jsonl."""
-LOGGERS.register("tensorboard", TensorBoard,
+"""``--log NAME[,NAME]``: extra logging callbacks beside metrics.jsonl. An entry's ``requires`` names the
+optional package it needs, checked before the run starts (bnonly.extras)."""
+LOGGERS.register("tensorboard", TensorBoard, requires="tensorboard",
                  help="TensorBoard scalars in RUN_DIR/tensorboard (pip install 'bnonly[tensorboard]')")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import traceback
 
-from .. import distributed
+from .. import distributed, formats
 from ..config import TrainConfig
 from ..errors import ConfigError, Interrupted, OutputError, TrainingFailed
-from ..rundir import RunDir, atomic_torch_save, atomic_write_json, check_writable
+from ..rundir import RunDir, atomic_torch_save, check_writable
 from ..trainable import plain_state_dict, score_state_dict
 from .build import Built, build
 from .callbacks import Callback
@@ -84,7 +84,7 @@ def _train_locked(cfg: TrainConfig, built: Built, run: RunDir, log, extra: list[
     elif main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_metrics([])
-        atomic_write_json(run.config, cfg.to_dict())
+        run.write_config(cfg.to_dict())
         atomic_torch_save(run.init_weights, plain_state_dict(built.model))
     base = dict(run_id=cfg.run_id, run_dir=str(run.path), model=cfg.model, train=cfg.train, seed=cfg.seed,
                 epochs=cfg.epochs, data=cfg.data, device=str(built.device), compute=built.compute.to_dict(),
@@ -97,12 +97,13 @@ def _train_locked(cfg: TrainConfig, built: Built, run: RunDir, log, extra: list[
     except Exception as e:
         if main:
             reason = str(e) if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}"
-            atomic_write_json(run.summary, dict(base, status="failed", reason=reason, wall_seconds=trainer.wall,
-                                                traceback=traceback.format_exc().splitlines()[-12:]))
+            run.write_summary(dict(base, status="failed", reason=reason, wall_seconds=trainer.wall,
+                                   traceback=traceback.format_exc().splitlines()[-12:]))
         raise
-    summary = dict(base, status="done", test_acc=last["test_acc"], test_top5=last["test_top5"],
-                   test_loss=last["test_loss"], train_loss=last["train_loss"], steps=trainer.step,
-                   wall_seconds=round(trainer.wall, 3), images_per_second=last["images_per_second"])
+    summary = formats.stamped("summary", dict(
+        base, status="done", test_acc=last["test_acc"], test_top5=last["test_top5"], test_loss=last["test_loss"],
+        train_loss=last["train_loss"], steps=trainer.step, wall_seconds=round(trainer.wall, 3),
+        images_per_second=last["images_per_second"]))
     if trainer.finished_early:
         summary["finished_early"] = trainer.finished_early
     if main:
@@ -110,7 +111,7 @@ def _train_locked(cfg: TrainConfig, built: Built, run: RunDir, log, extra: list[
         scores = score_state_dict(built.model)
         if scores:  # a supermask run: what trained is not in final.pt (its masked weights are)
             atomic_torch_save(run.scores, scores)
-        atomic_write_json(run.summary, summary)
+        run.write_summary(summary)
         run.checkpoint.unlink(missing_ok=True)
         run.previous_checkpoint.unlink(missing_ok=True)
     return summary
