@@ -498,3 +498,21 @@ def test_shared_cifar10_jpeg_decodes_and_caches(tmp_path):
     np.testing.assert_array_equal(src.test.images[0].permute(1, 2, 0).numpy(), first)
     assert torch.equal(cached.train.images, src.train.images)
     assert decode_s < 60 and load_s < 5
+
+
+def test_stream_workers_are_capped_at_the_usable_cores(tmp_path, monkeypatch):
+    """num_workers=4 on a 2-core machine starts 2 workers (torch warns above the cores), and the
+    batches are the same whatever the count: each item is seeded by its index."""
+    _write_png_folder(tmp_path / "imgs", per_class=(4, 2), size=(48, 48))
+    src = open_dataset(str(tmp_path / "imgs"), stream=True, crop_size=32)
+    monkeypatch.setattr(batches_mod.os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def epoch(workers):
+        b = make_batches(src.train, batch_size=4, train=True, augment="auto", normalize="none", seed=3,
+                         device="cpu", channels_last=False, num_workers=workers)
+        return b.loader.num_workers, [x for x, _ in b.batches(0)]
+
+    capped, four = epoch(4)
+    none, zero = epoch(0)
+    assert (capped, none) == (2, 0)
+    assert all(torch.equal(a, b) for a, b in zip(four, zero)) and len(four) == len(zero) > 0

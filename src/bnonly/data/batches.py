@@ -8,6 +8,7 @@ batch ``b`` gives the single-process batch ``b``. ``batch_size`` is always the g
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -252,6 +253,14 @@ class _StreamItems(torch.utils.data.Dataset):
         return self.split.load(index, rng), int(self.split.labels[index])
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without affinity masks
+        return os.cpu_count() or 1
+
+
 class StreamBatches:
     """Batches streamed from disk by a DataLoader; uint8 crops travel to the device, then normalize there."""
 
@@ -280,6 +289,9 @@ class StreamBatches:
         self.num_examples = self.plan.num_examples
         self.scale, self.shift = _normalizer(normalize, 3, self.device)
         self.sampler = _ShardBatchSampler(self.plan, seed, shuffle=train)
+        # More workers than the cores this process may use only contend for them (torch warns that
+        # it may freeze); each item's augmentation is seeded by its index, so the count changes no result.
+        num_workers = min(num_workers, usable_cores())
         self.loader = torch.utils.data.DataLoader(
             _StreamItems(split, train and augment in ("auto", "imagenet"), seed),
             batch_sampler=self.sampler,
