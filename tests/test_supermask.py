@@ -128,6 +128,9 @@ def test_bn_plus_supermask_trains_gamma_beta_and_the_scores():
     assert sum(n.endswith(".scores") for n in names) == len(weight_layers(model))
     scores = {f"{n}.parametrizations.weight.0.scores" for n, _ in weight_layers(model)}
     assert set(names) == scores | set(affine_params(model, BATCHNORM_TYPES))  # the output bias stays frozen
+    with_bias = create_model("cifar_resnet_8_8", 4, seed=0)
+    configure(with_bias, "bias+supermask:50", seed=0)
+    assert {n for n, p in with_bias.named_parameters() if p.requires_grad} == scores | {"fc.bias"}
 
 
 def test_edge_popup_setting_signed_constant_without_bn_affine():
