@@ -3,6 +3,7 @@ the ablation. matplotlib is imported only when a figure is drawn (the ``report``
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,11 @@ FIGURE_PREFIX = "analysis_"
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend, imported only when figures are drawn."""
+    """matplotlib.pyplot, imported only when figures are drawn: on the Agg backend (files only) unless
+    pyplot is already loaded, so a notebook that calls analyze_run keeps its inline figures."""
     matplotlib = require("matplotlib", "drawing figures (bnonly analyze without --no-figures, bnonly report)")
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
