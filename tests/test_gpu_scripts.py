@@ -31,7 +31,9 @@ def test_gpu_sweep_is_in_priority_order_and_its_runs_are_the_paper_sweeps_runs()
 
 def test_gpu_campaign_tiny_leaves_reportable_runs_and_no_weights(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    env = dict(os.environ, OUT=str(out), RUNS=str(runs), PACK="1", PY=sys.executable)
+    # BUDGET 110 s rather than --tiny's 80: on a loaded 2-core machine the set-up alone took 12 s,
+    # which left less than the 30 s the script needs to start training (no run finished).
+    env = dict(os.environ, OUT=str(out), RUNS=str(runs), PACK="1", PY=sys.executable, BUDGET="110")
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_campaign.sh"), "--tiny"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=400)
     log = proc.stdout + proc.stderr
