@@ -2,10 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from bnonly.bench import PilImages, count_step_flops, matmul_peak, paired_speedup, run
+from bnonly.bench import BenchError, PilImages, count_step_flops, format_report, matmul_peak, paired_speedup, run
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.data import make_batches, open_dataset
@@ -99,3 +100,34 @@ def test_bench_command_prints_and_appends_json(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["model"] == "cifar_resnet_8_8" and rows[0]["train"] == "bn"
     assert main(args[:-2] + ["--threads", "0"]) == 2
     assert "--threads expects" in capsys.readouterr().err
+
+
+def test_bench_times_the_fused_kernel_against_the_plain_modules():
+    r = run(_cfg(train="bn", fused_norm=True), threads=1, conventional=False, unfused=True, **QUICK)
+    assert r["fused_norm"] is True and [row["pipeline"] for row in r["rows"]] == ["fast", "fast-unfused"]
+    fast, plain = r["rows"]
+    ratios = sorted(f / p for f, p in zip(fast["windows"], plain["windows"]))
+    assert r["speedup_fused"] == pytest.approx(sum(ratios) / 2, rel=0.01, abs=0.006) and "speedup" not in r
+    assert "fast / fast-unfused (the fused norm-act kernel" in format_report(r)
+    unfused_only = run(_cfg(train="bn", fused_norm=False), threads=1, conventional=False, unfused=True, **QUICK)
+    assert [row["pipeline"] for row in unfused_only["rows"]] == ["fast"]  # nothing to compare against
+
+
+def test_bench_says_whether_a_streamed_folder_is_bound_by_data_or_compute(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n // 2):
+                size = (int(rng.integers(40, 56)), int(rng.integers(40, 56)))
+                Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.jpg")
+    cfg = _cfg(data=str(tmp_path), image_size=32, batch_size=8, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(BenchError, match="streams from disk: use --no-conventional"):
+        run(cfg, threads=1, **QUICK)
+    r = run(cfg, threads=1, conventional=False, **QUICK)
+    assert r["data_images_per_s"] > 0
+    report = format_report(r)
+    bound = "data" if r["data_images_per_s"] < 1.5 * r["rows"][0]["images_per_s"] else "compute"
+    assert f"data path alone: {r['data_images_per_s']:.0f} img/s against" in report and f"{bound}-bound" in report

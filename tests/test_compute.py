@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import QUIET, SignalAt
 
-from bnonly import compute
+from bnonly import compute, fused_norm
 from bnonly.compute import ENV_CPU_BF16, Capabilities, ComputeSettings, auto_defaults, resolve
 from bnonly.config import ConfigError, TrainConfig
 from bnonly.rundir import RunDir
@@ -24,7 +24,8 @@ MACHINES = {
                                            ("cuda", True)])
 def test_the_default_follows_the_machine(machine, bf16):
     assert auto_defaults(MACHINES[machine], env={}) == ComputeSettings(bf16=bf16, channels_last=True, compile=False,
-                                                                       capture=False, threads=None)
+                                                                       capture=False, threads=None,
+                                                                       fused_norm=machine != "cuda")
 
 
 @pytest.mark.parametrize("machine", ["avx2-only", "avx512_bf16", "amx_bf16"])
@@ -51,14 +52,14 @@ def test_explicit_beats_recorded_beats_default():
     avx2 = MACHINES["avx2-only"]
     none = dict(bf16=None, channels_last=None, compile=None, capture=None, threads=None)
     settings, note = resolve(none, avx2, env={})
-    assert settings == ComputeSettings(False, True, False, False, None) and note is None
+    assert settings == ComputeSettings(False, True, False, False, None, fused_norm=True) and note is None
     settings, note = resolve(none, avx2, default_threads=3, env={})
     assert settings.threads == 3
-    recorded = dict(bf16=True, channels_last=False, compile=False, threads=1)  # recorded before capture existed
+    recorded = dict(bf16=True, channels_last=False, compile=False, threads=1)  # before capture and fused_norm existed
     settings, note = resolve(none, avx2, recorded=recorded, default_threads=3, env={})
-    assert settings == ComputeSettings(True, False, False, False, 1)
+    assert settings == ComputeSettings(True, False, False, False, 1, fused_norm=False)  # it ran unfused
     assert note == ("keeping the compute settings this run started with: bf16 autocast, NCHW, eager, 1 thread "
-                    "(this machine's default would be bf16 off, channels_last on)")
+                    "(this machine's default would be bf16 off, channels_last on, fused_norm on)")
     # An explicit value that agrees with the record is fine; one that contradicts it is refused.
     assert resolve(dict(none, bf16=True), avx2, recorded=recorded, env={})[0].bf16 is True
     with pytest.raises(ConfigError, match="^bf16 is off on the command line or config, but this run was started "
@@ -79,7 +80,7 @@ def test_a_model_that_must_train_in_nchw_falls_back_unless_asked_otherwise():
 def test_compute_settings_are_not_part_of_the_identity():
     base = TrainConfig(data="synthetic")
     for change in (dict(bf16=True), dict(bf16=False), dict(channels_last=False), dict(compile=True), dict(capture=True),
-                   dict(threads=2)):
+                   dict(threads=2), dict(fused_norm=True), dict(fused_norm=False)):
         assert base.replace(**change).run_id == base.run_id, change
 
 
@@ -107,7 +108,8 @@ def test_a_resumed_run_keeps_its_numerics_on_a_machine_with_another_default(tmp_
     keep = [line for line in lines if line.startswith("keeping the compute settings")]
     assert len(keep) == 1 and f"bf16 {'off' if started == '1' else 'on'})" in keep[0]
     assert summary["compute"] == straight["compute"] == dict(bf16=started == "1", channels_last=True, compile=False,
-                                                             capture=False, threads=1)
+                                                             capture=False, threads=1,
+                                                             fused_norm=fused_norm.unavailable_reason() is None)
     a, b = (torch.load(RunDir(s["run_dir"]).final_weights) for s in (straight, summary))
     assert all(torch.equal(a[k], b[k]) for k in a)  # continued exactly as it would have on its first machine
 

@@ -4,8 +4,8 @@ every format bnonly has written reads into today's structure (bnonly.load_run).
 The fixtures in tests/fixtures/formats/ are real run folders written by older bnonly commits
 (the same 1-epoch BN-only cifar_resnet_8 on synthetic data): 5c30742 (analysis.json format 1,
 summary with top-level bf16/channels_last), ee0acd1 (analysis format 2, summary with compute),
-eeb8b5f (analysis format 3; config, summary and metrics without a format key) and a compact file
-exported by eeb8b5f.
+eeb8b5f (analysis format 3; config, summary and metrics without a format key), a compact file
+exported by eeb8b5f, and 81a5242 (config and summary format 2, before ``fused_norm``).
 """
 
 import json
@@ -54,7 +54,7 @@ def test_every_file_written_today_has_its_format_and_matches_its_schema(fresh):
     cfg, summary = json.loads((run / "config.json").read_text()), json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     analysis = json.loads((run / "analysis.json").read_text())
-    assert (cfg["format"], summary["format"], analysis["format"]) == (2, 2, 3)
+    assert (cfg["format"], summary["format"], analysis["format"]) == (3, 3, 3)
     assert [r["format"] for r in rows] == [2]
     _validate("config", cfg)
     _validate("summary", summary)
@@ -93,6 +93,15 @@ def test_every_older_run_folder_reads_into_todays_structure(name):
         _validate("metrics", row)
     assert record.summary["compute"]["channels_last"] is True and record.summary["compute"]["bf16"] is False
     assert record.summary["bn_statistics"] == {"train": "batch", "eval": "running averages"}
+
+
+def test_a_format_2_run_reads_as_trained_without_the_fused_kernel():
+    record = bnonly.load_run(FIXTURES / "81a5242-config2")
+    assert record.formats == {"config": 2, "summary": 2, "metrics": 2, "analysis": 3}
+    assert record.config.fused_norm is None and record.config.run_id == record.summary["run_id"] == "2344a616bfc1"
+    assert record.summary["format"] == 3 and record.summary["compute"]["fused_norm"] is False
+    assert record.summary["compute"]["channels_last"] is True and record.test_acc == 0.2890625
+    _validate("summary", record.summary)
 
 
 def test_analysis_format_1_keeps_its_numbers_in_the_sections():

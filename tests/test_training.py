@@ -28,7 +28,7 @@ def test_run_folder_holds_everything(tmp_path):
     summary = train(cfg, log=lambda *_: None)
     run = RunDir(summary["run_dir"])
     assert run.path.name == cfg.run_name
-    assert json.loads(run.config.read_text()) == {"format": 2, **cfg.to_dict()}
+    assert json.loads(run.config.read_text()) == {"format": 3, **cfg.to_dict()}
     metrics = run.read_metrics()
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     for key in ("run_id", "model", "train", "seed", "epochs", "test_acc", "test_top5", "trainable_params",

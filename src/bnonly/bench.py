@@ -16,6 +16,11 @@ ratios of back-to-back windows. Next to throughput: the peak memory of one step,
 FLOPs per image of a step (conv and linear, forward plus the gradients that step actually
 computes), and the achieved FLOP rate as a fraction of the matmul peak this run measures on
 the device, in the fast path's compute dtype and in bf16.
+
+``--unfused`` adds a third pipeline, the fast path with the plain BatchNorm and ReLU modules in
+place of the fused norm-act kernel (``bnonly.fused_norm``), interleaved like the others: the
+kernel's own speedup. The report also times the fast path's data alone (drawing batches, no
+step): for a streamed image folder it says whether decoding or compute bounds a run.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ class Pipeline:
     optimizer: torch.optim.Optimizer | None
     threads: int | None = None  # CPU threads set before each of its windows (None: leave as is)
     resident: list[torch.Tensor] = field(default_factory=list)  # device-resident data it keeps
+    next_batch: Callable[[], int] | None = None  # draws one batch without training on it (the data alone)
     first_step_s: float = 0.0
     rates: list[float] = field(default_factory=list)
     peak_bytes: int = 0
@@ -114,7 +120,7 @@ def _cycle(make_iter):
 def conventional_pipeline(cfg: cfgmod.TrainConfig, split, num_classes: int, device: torch.device) -> Pipeline:
     if not isinstance(split, ArrayDataset):
         raise BenchError("the conventional pipeline needs an in-memory dataset (CIFAR-sized images); "
-                         "this data path streams from disk")
+                         "this data path streams from disk: use --no-conventional")
     model = create_model(cfg.model, num_classes, gamma_init=cfg.gamma_init, seed=cfg.seed)
     configure(model, cfg.train, cfg.effective_selection_seed, bn_affine=cfg.bn_affine)
     model.to(device)
@@ -148,11 +154,14 @@ def fast_pipeline(cfg: cfgmod.TrainConfig, workdir: str) -> tuple[Pipeline, obje
     def step() -> int:
         return trainer.train_step(next(batches), 0).n
 
+    def next_batch() -> int:
+        return len(next(batches)[1])
+
     resident = []
     if built.device.type != "cpu":
         resident = [t for t in (getattr(built.train_batches, "images", None),
                                 getattr(built.train_batches, "labels", None)) if t is not None]
-    return Pipeline("fast", step, built.model, trainer.optimizer, resident=resident), built
+    return Pipeline("fast", step, built.model, trainer.optimizer, resident=resident, next_batch=next_batch), built
 
 
 def _sync(device: torch.device) -> None:
@@ -171,6 +180,17 @@ def time_window(p: Pipeline, steps: int, device: torch.device) -> float:
     _sync(device)
     t0 = time.perf_counter()
     images = sum(p.step() for _ in range(steps))
+    _sync(device)
+    return images / (time.perf_counter() - t0)
+
+
+def data_rate(p: Pipeline, batches: int, device: torch.device) -> float:
+    """Images/s of drawing ``p``'s training batches alone (decoding, augmentation, transfer): the
+    rate the data path could feed a step that cost nothing."""
+    _set_threads(p.threads)
+    _sync(device)
+    t0 = time.perf_counter()
+    images = sum(p.next_batch() for _ in range(batches))
     _sync(device)
     return images / (time.perf_counter() - t0)
 
@@ -343,9 +363,11 @@ def _thread_candidates() -> list[int]:
     return list(range(1, cores + 1))
 
 
-def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: bool = True, warmup: int = 3,
-        windows: int = 5, steps: int = 5, profile: bool = False, peak_budget_s: float = 3.0, log=print) -> dict:
-    """Benchmark ``cfg``'s fast path (and the conventional pipeline); returns every number measured."""
+def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: bool = True, unfused: bool = False,
+        warmup: int = 3, windows: int = 5, steps: int = 5, profile: bool = False, peak_budget_s: float = 3.0,
+        log=print) -> dict:
+    """Benchmark ``cfg``'s fast path (and the conventional pipeline; with ``unfused``, also the fast
+    path without the fused norm-act kernel, when the fast path uses it); returns every number measured."""
     device = resolve_device(cfg.device)
     default_threads = torch.get_num_threads()
     dataset = open_data(cfg)
@@ -356,7 +378,7 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
     with tempfile.TemporaryDirectory() as workdir:
         fast, built = fast_pipeline(cfg.replace(threads=None, progress=False, out=workdir), workdir)
         result.update(bf16=built.bf16, channels_last=built.channels_last, compile=built.compute.compile,
-                      capture=built.compute.capture,
+                      capture=built.compute.capture, fused_norm=built.compute.fused_norm,
                       checkpoint_activations=cfg.checkpoint_activations)
         pipelines = [fast]
         if conventional:
@@ -376,10 +398,16 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
             same.name, same.threads = f"conventional@{fast.threads}t", fast.threads
             warm_up(same, warmup, device)
             pipelines.append(same)
+        if unfused and built.compute.fused_norm:  # the same fast path with the plain BatchNorm and ReLU
+            plain, _ = fast_pipeline(cfg.replace(threads=None, progress=False, out=workdir, fused_norm=False), workdir)
+            plain.name, plain.threads = "fast-unfused", fast.threads
+            warm_up(plain, warmup, device)
+            pipelines.append(plain)
         for w in range(windows):
             for p in pipelines:
                 p.rates.append(time_window(p, steps, device))
             log(f"window {w + 1}/{windows}: " + "  ".join(f"{p.name} {p.rates[-1]:.0f}" for p in pipelines))
+        result["data_images_per_s"] = round(data_rate(fast, windows * steps, device), 1)
         for p in pipelines:
             p.peak_bytes = step_peak_bytes(p, device, tuple(q for q in pipelines if q is not p))
         evidence = profile_step(fast, device) if profile else None
@@ -406,8 +434,9 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
         matmul_peak_size={k: v["size"] for k, v in peaks.items()},
         rows=rows, max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
-    for key, other in zip(("speedup", "speedup_same_threads"), pipelines[1:]):
-        result[key] = paired_speedup(fast.rates, other.rates)
+    keys = {"conventional": "speedup", "fast-unfused": "speedup_fused"}
+    for other in pipelines[1:]:
+        result[keys.get(other.name, "speedup_same_threads")] = paired_speedup(fast.rates, other.rates)
     if evidence:
         if "conv_s" in evidence:  # the convolutions' own rate, and their share of the step
             evidence["conv_gflops"] = round(flops["step"] * cfg.batch_size / max(evidence["conv_s"], 1e-9) / 1e9, 2)
@@ -490,7 +519,7 @@ def format_report(r: dict) -> str:
     dt = r["compute_dtype"]
     head = (f"{r['model']}  train={r['train']}  batch {r['batch_size']}  {r['device_name']}  "
             f"compute {dt}{'  channels_last' if r['channels_last'] else ''}"
-            f"{'  compiled' if r['compile'] else ''}"
+            f"{'  compiled' if r['compile'] else ''}{'  fused norm-act' if r.get('fused_norm') else ''}"
             f"{'  checkpointed x' + str(r['checkpoint_activations']) if r['checkpoint_activations'] else ''}")
     peaks = "  ".join(f"{k} {v:.1f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items())
     lines = [head,
@@ -506,6 +535,14 @@ def format_report(r: dict) -> str:
         lines.append(f"fast / conventional (median of paired windows): {r['speedup']:.2f}x"
                      + (f"  (at the same thread count: {r['speedup_same_threads']:.2f}x)"
                         if "speedup_same_threads" in r else ""))
+    if "speedup_fused" in r:
+        lines.append(f"fast / fast-unfused (the fused norm-act kernel, paired windows): {r['speedup_fused']:.2f}x")
+    if "data_images_per_s" in r:
+        step_rate = r["rows"][0]["images_per_s"]
+        bound = "data" if r["data_images_per_s"] < 1.5 * step_rate else "compute"
+        lines.append(f"data path alone: {r['data_images_per_s']:.0f} img/s against {step_rate:.0f} for whole steps: "
+                     f"{bound}-bound" + (" (the step waits for batches: more --num-workers or a faster disk)"
+                                         if bound == "data" else ""))
     lines.append(f"process max RSS {r['max_rss_mib']:.0f} MiB;  load average at start {r['load_average']}")
     if "profile" in r:
         e = r["profile"]
@@ -532,7 +569,8 @@ def cmd_bench(args) -> int:
     cfg = cfgmod.resolve(
         model=args.model, train=args.train, batch_size=args.batch_size, data=args.data, device=args.device,
         seed=args.seed, compile=args.compile, bf16=args.bf16, channels_last=args.channels_last, capture=args.capture,
-        checkpoint_activations=args.checkpoint_activations, cache_dir=args.cache_dir, progress=False,
+        fused_norm=args.fused_norm, checkpoint_activations=args.checkpoint_activations, cache_dir=args.cache_dir,
+        num_workers=args.num_workers, progress=False,
     )
     if args.runs > 1:
         result = packed(cfg.replace(threads=None if threads == "auto" else threads), args.runs,
@@ -544,7 +582,8 @@ def cmd_bench(args) -> int:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")
         return 0
-    result = run(cfg, threads=threads, conventional=args.conventional, warmup=args.warmup, windows=args.windows,
+    result = run(cfg, threads=threads, conventional=args.conventional, unfused=args.unfused, warmup=args.warmup,
+                 windows=args.windows,
                  steps=args.steps, profile=args.profile, peak_budget_s=args.peak_seconds,
                  log=(lambda *a, **k: None) if args.quiet else print)
     print(format_report(result))
@@ -587,6 +626,12 @@ def add_subcommand(sub) -> None:
                    help="channels_last in the fast path (default: the fast defaults for the device)")
     p.add_argument("--capture", action=argparse.BooleanOptionalAction, default=None,
                    help="the whole step in one CUDA graph in the fast path (bnonly.training.graph_step)")
+    p.add_argument("--fused-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="the fused BatchNorm-ReLU kernel in the fast path (default: the fast defaults for the device)")
+    p.add_argument("--unfused", action="store_true",
+                   help="also time the fast path without the fused norm-act kernel, interleaved (its speedup)")
+    p.add_argument("--num-workers", type=option(int, at_least(0)), default=4,
+                   help="DataLoader workers for streamed image folders (capped at the usable cores)")
     p.add_argument("--runs", type=option(int, at_least(1)), default=1, metavar="K",
                    help="K > 1: aggregate img/s of K runs training at once (one process each, same device) "
                         "against one alone, instead of the fast-vs-conventional comparison")

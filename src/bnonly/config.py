@@ -179,6 +179,10 @@ class TrainConfig:
         None,
         "the whole training step (batch gather, forward, backward, SGD) in one CUDA graph; on the CPU the same step "
         "runs eagerly (default: off; a resumed run keeps its own)")
+    fused_norm: Optional[bool] = _f(
+        None,
+        "BatchNorm + residual add + ReLU in one C++ kernel on the CPU in training (default: on where the kernel "
+        "builds and the model is not compiled; a resumed run keeps its own)")
     checkpoint_activations: int = _f(
         0,
         "activation checkpointing for deep nets: recompute the block stacks in this many segments in the backward "
@@ -232,9 +236,10 @@ class TrainConfig:
 
 
 IDENTITY_EXCLUDED = frozenset({"device", "num_workers", "threads", "cache_dir", "progress", "out", "compile",
-                               "checkpoint_activations", "bf16", "channels_last", "capture", "log"})
+                               "checkpoint_activations", "bf16", "channels_last", "capture", "fused_norm",
+                               "log"})
 """Fields that say where or how fast a run goes, not what it is: left out of the run's hash.
-The compute settings among them (bf16, channels_last, compile, threads) are recorded with the
+The compute settings among them (bf16, channels_last, compile, capture, threads, fused_norm) are recorded with the
 run instead, and a resumed run keeps them (bnonly.compute)."""
 FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from .errors import FormatError
 
-CONFIG_FORMAT = 2
-SUMMARY_FORMAT = 2
+CONFIG_FORMAT = 3
+SUMMARY_FORMAT = 3
 METRICS_FORMAT = 2
 ANALYSIS_FORMAT = 3
 COMPACT_FORMAT = 1
@@ -37,12 +37,16 @@ HISTORY: dict[str, dict[int, str]] = {
     "config": {
         1: "every TrainConfig field by name, no format key (bnonly 0.1; fields added later are absent in older "
            "files and read as their defaults, which change nothing)",
-        2: "the same fields plus `\"format\": 2` (bnonly 0.2)"},
+        2: "the same fields plus `\"format\": 2` (bnonly 0.2)",
+        3: "adds `fused_norm` (the fused BatchNorm-ReLU kernel on the CPU; absent in older files, read as not "
+           "given: those runs trained unfused and their summaries say so) (bnonly 0.3)"},
     "summary": {
         1: "no format key (bnonly 0.1); the earliest files have `bf16` and `channels_last` at the top level instead "
            "of `compute`, no `bn_statistics` and no `norm_params`",
         2: "`\"format\": 2`; `compute` holds the compute settings, `bn_statistics` which statistics BatchNorm used "
-           "(bnonly 0.2)"},
+           "(bnonly 0.2)",
+        3: "`compute` gains `fused_norm`; older summaries read with `fused_norm: false` (those runs trained "
+           "without the kernel) (bnonly 0.3)"},
     "metrics": {
         1: "one JSON object per evaluation, no format key (bnonly 0.1)",
         2: "the same rows, each with `\"format\": 2` (bnonly 0.2)"},
@@ -89,13 +93,16 @@ def config_fields(values: Any, where: str) -> dict:
 
 def upgrade_summary(summary: Any, where: str) -> dict:
     """A summary.json of any format in today's structure."""
-    if found_format("summary", summary, where) == 1:
-        summary = dict(summary)
+    number = found_format("summary", summary, where)
+    summary = dict(summary)
+    if number == 1:
         if "compute" not in summary and ("bf16" in summary or "channels_last" in summary):
             summary["compute"] = {k: summary.pop(k) for k in ("bf16", "channels_last") if k in summary}
         if summary.get("status") == "done":
             summary.setdefault("bn_statistics", dict(PRE_RECORD_BN_STATISTICS))
             summary.setdefault("norm_params", None)  # not recorded before format 2's counts
+    if number <= 2 and isinstance(summary.get("compute"), dict):
+        summary["compute"] = {**summary["compute"], "fused_norm": False}  # the kernel came with format 3
     return stamped("summary", summary)
 
 

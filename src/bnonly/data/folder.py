@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..host import default_cache_dir
 from .arrays import ArrayDataset
 from .errors import DataError
 
@@ -164,10 +165,6 @@ def decode_images(root: Path, names: list[str], size: tuple[int, int], workers: 
             parts = pool.map(_decode_chunk, chunks, chunksize=1)
     nhwc = np.concatenate(parts) if parts else np.empty((0, size[1], size[0], 3), np.uint8)
     return np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BNONLY_CACHE") or Path.home() / ".cache" / "bnonly")
 
 
 def fingerprint(index: FolderIndex) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from bnonly.fused_norm import norm_act
 from bnonly.models.init import fill
 from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
@@ -82,11 +83,10 @@ class Block(nn.Module):
         fill(self.scale, lambda t: t.fill_(self.branch_scale))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.scale is not None:
-            out = out * self.scale
-        return self.relu(out + self.shortcut(x))
+        out = norm_act(self.bn1, self.relu, self.conv1(x))
+        if self.scale is None:
+            return norm_act(self.bn2, self.relu, self.conv2(out), self.shortcut(x))
+        return self.relu(self.bn2(self.conv2(out)) * self.scale + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -111,7 +111,7 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn(self.conv(x)))
+        out = norm_act(self.bn, self.relu, self.conv(x))
         out = self.pool(self.blocks(out)).flatten(1)
         return self.fc(out)
 

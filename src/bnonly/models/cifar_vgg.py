@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from bnonly.fused_norm import norm_act
 from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
 PLANS: dict[int, list[int | str]] = {
@@ -24,7 +25,7 @@ class ConvModule(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        return norm_act(self.bn, self.relu, self.conv(x))
 
 
 class CifarVGG(nn.Module):

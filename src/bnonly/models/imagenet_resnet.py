@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from bnonly.fused_norm import norm_act
 from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
 DEFAULT_WIDTH = 64
@@ -28,9 +29,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = norm_act(self.bn1, self.relu, self.conv1(x))
+        return norm_act(self.bn2, self.relu, self.conv2(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -52,10 +52,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = norm_act(self.bn1, self.relu, self.conv1(x))
+        out = norm_act(self.bn2, self.relu, self.conv2(out))
+        return norm_act(self.bn3, self.relu, self.conv3(out), identity)
 
 
 CONFIGS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
@@ -100,7 +99,7 @@ class ImageNetResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(norm_act(self.bn1, self.relu, self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
 

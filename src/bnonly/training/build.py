@@ -107,7 +107,7 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
                               "leave --sync-bn out (per-process statistics) or train on GPUs")
     settings, note = compute.resolve(
         dict(bf16=cfg.bf16, channels_last=cfg.channels_last, compile=cfg.compile, capture=cfg.capture,
-             threads=cfg.threads),
+             threads=cfg.threads, fused_norm=cfg.fused_norm),
         compute.Capabilities.of(device.type), recorded=recorded_compute, default_threads=default_threads,
         nchw_only=compute.nchw_only_reason(model, device, cfg.model))
     if settings.threads:
@@ -116,7 +116,7 @@ def build(cfg: TrainConfig, *, recorded_compute: dict | None = None, default_thr
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     speed.prepare(model, device=device, bf16=settings.bf16, compile=settings.compile, capture=settings.capture,
-                  checkpoint_segments=cfg.checkpoint_activations)
+                  checkpoint_segments=cfg.checkpoint_activations, fused_norm=settings.fused_norm)
     me = distributed.world()
     common = dict(seed=cfg.seed, device=device, normalize=cfg.normalize, channels_last=settings.channels_last,
                   num_workers=cfg.num_workers, rank=me.rank, world_size=me.world_size)

@@ -1,0 +1,348 @@
+// Fused BatchNorm (batch statistics) + optional residual add + optional ReLU for CPU training.
+//
+// Built by bnonly/fused_norm.py with the system C++ compiler into a plain shared library (no
+// torch headers, so it compiles in about a second) and called through ctypes on the tensors'
+// data pointers. Activations are float32 or bfloat16 (raw uint16 bits); statistics, γ/β and
+// their gradients are float32, partial sums are combined in double.
+//
+// Layouts: channels_last (cl=1): element (m, c) at m*C + c with M = N*S rows; NCHW contiguous
+// (cl=0): element (n, c, s) at (n*C + c)*S + s. Work is cut into fixed chunks (row blocks, or
+// (n, c) planes) whose partial sums are combined in a fixed order, so results do not depend on
+// the thread count. In channels_last the inner loops run over tiles of whole rows (at least 256
+// values, the per-channel coefficients repeated along the tile) rather than over one row's C
+// channels: with C = 16 a row is two AVX2 vectors, too short a loop to vectorize well.
+//
+// Forward:  one read of x for the statistics (shifted sums), one read of x (+ residual) and one
+//           write of y = relu(x*a + b + r), a = γ·invstd, b = β - mean·a.
+// Backward: pass 1 reads dy, x (and y when there is a residual: the ReLU mask cannot be
+//           recomputed from x then) for Σg and Σg(x-mean), g = dy·mask, writing g when there is
+//           a residual (its gradient); pass 2 writes dx = a·g + k·(x-mean) + d. Without a
+//           residual the mask is recomputed from x with the forward's very expression.
+// Build with -ffp-contract=off so that expression rounds identically in both passes.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float ld(const float* p, int64_t i) { return p[i]; }
+inline float ld(const uint16_t* p, int64_t i) {
+  uint32_t u = uint32_t(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void st(float* p, int64_t i, float v) { p[i] = v; }
+inline void st(uint16_t* p, int64_t i, float v) {  // round to nearest even, NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  uint16_t r = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  p[i] = (v != v) ? uint16_t(0x7FC0) : r;
+}
+
+constexpr int64_t TILE_VALUES = 256;  // channels_last: values per tile (whole rows, at least one)
+constexpr int64_t TILES_PER_CHUNK = 16;
+
+struct Shape {
+  int64_t N, C, S;
+  int cl;
+  int64_t M() const { return N * S; }
+  int64_t tile_rows() const { return std::max<int64_t>(1, TILE_VALUES / C); }
+  int64_t tile() const { return tile_rows() * C; }            // values per full tile
+  int64_t chunk_rows() const { return tile_rows() * TILES_PER_CHUNK; }
+  int64_t chunks() const { return cl ? (M() + chunk_rows() - 1) / chunk_rows() : N * C; }
+  int64_t partial() const { return cl ? tile() : 1; }         // partial sums per chunk
+};
+
+// A per-channel vector repeated along a tile (channels_last), or as is (NCHW).
+std::vector<float> tiled(const Shape& sh, const std::vector<float>& v) {
+  if (!sh.cl) return v;
+  std::vector<float> t(sh.tile());
+  for (int64_t j = 0; j < sh.tile(); ++j) t[j] = v[j % sh.C];
+  return t;
+}
+
+// Calls f(offset, length) for each tile of channels_last chunk k: `length` values from `offset`,
+// starting at channel 0.
+template <typename F>
+inline void for_tiles(const Shape& sh, int64_t k, F f) {
+  const int64_t r0 = k * sh.chunk_rows(), r1 = std::min(sh.M(), r0 + sh.chunk_rows());
+  for (int64_t r = r0; r < r1; r += sh.tile_rows()) f(r * sh.C, std::min(sh.tile_rows(), r1 - r) * sh.C);
+}
+
+// The per-channel sums from the partials: chunk k's tile-long (cl) or single (NCHW, chunk = plane) values.
+void fold(const Shape& sh, const std::vector<float>& p, std::vector<double>& out) {
+  out.assign(sh.C, 0.0);
+  if (sh.cl) {
+    const int64_t T = sh.tile();
+    for (int64_t k = 0; k < sh.chunks(); ++k)
+      for (int64_t j = 0; j < T; ++j) out[j % sh.C] += p[k * T + j];
+  } else {
+    for (int64_t k = 0; k < sh.chunks(); ++k) out[k % sh.C] += p[k];
+  }
+}
+
+// Per-channel coefficients of the forward transform y = x*a + b (+ r).
+void coefficients(const Shape& sh, const float* gamma, const float* beta, const float* mean, const float* invstd,
+                  std::vector<float>& a, std::vector<float>& b) {
+  a.resize(sh.C);
+  b.resize(sh.C);
+  for (int64_t c = 0; c < sh.C; ++c) {
+    a[c] = (gamma ? gamma[c] : 1.0f) * invstd[c];
+    b[c] = (beta ? beta[c] : 0.0f) - mean[c] * a[c];
+  }
+}
+
+template <typename T>
+inline void sums(const T* __restrict x, const float* __restrict shift, float* __restrict s1, float* __restrict s2,
+                 int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    float v = ld(x, j) - shift[j];
+    s1[j] += v;
+    s2[j] += v * v;
+  }
+}
+
+template <typename T>
+void stats(const T* x, const Shape& sh, double eps, float* mean, float* var, float* invstd, int threads) {
+  const int64_t C = sh.C, K = sh.chunks(), P = sh.partial();
+  std::vector<float> shift(C), p1(K * P, 0.0f), p2(K * P, 0.0f);
+  for (int64_t c = 0; c < C; ++c) shift[c] = ld(x, sh.cl ? c : c * sh.S);  // first value: sums stay small
+  const std::vector<float> shift_t = tiled(sh, shift);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t k = 0; k < K; ++k) {
+    if (sh.cl) {
+      for_tiles(sh, k, [&](int64_t o, int64_t n) { sums(x + o, shift_t.data(), &p1[k * P], &p2[k * P], n); });
+    } else {
+      const T* __restrict plane = x + k * sh.S;
+      const float s0 = shift[k % C];
+      float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t s = 0; s < sh.S; ++s) {
+        float v = ld(plane, s) - s0;
+        s1 += v;
+        s2 += v * v;
+      }
+      p1[k] = s1;
+      p2[k] = s2;
+    }
+  }
+  std::vector<double> s1, s2;
+  fold(sh, p1, s1);
+  fold(sh, p2, s2);
+  const double M = double(sh.M());
+  for (int64_t c = 0; c < C; ++c) {
+    double m = s1[c] / M;
+    double v = std::max(0.0, s2[c] / M - m * m);
+    mean[c] = float(m + shift[c]);
+    var[c] = float(v);
+    invstd[c] = float(1.0 / std::sqrt(v + eps));
+  }
+}
+
+// y = relu(x*a + b + r) over n values; a, b indexed like the values (tiled, or broadcast by the caller).
+template <bool RELU, bool RES, typename T>
+inline void transform(const T* __restrict x, const T* __restrict r, const float* __restrict a,
+                      const float* __restrict b, T* __restrict y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    float v = ld(x, j) * a[j] + b[j];
+    if (RES) v += ld(r, j);
+    st(y, j, RELU ? (v > 0.0f ? v : 0.0f) : v);
+  }
+}
+
+template <bool RELU, bool RES, typename T>
+void apply(const T* x, const T* r, const std::vector<float>& a, const std::vector<float>& b, T* y, const Shape& sh,
+           int threads) {
+  const std::vector<float> at = tiled(sh, a), bt = tiled(sh, b);
+  const int64_t K = sh.chunks();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t k = 0; k < K; ++k) {
+    if (sh.cl) {
+      for_tiles(sh, k, [&](int64_t o, int64_t n) {
+        transform<RELU, RES>(x + o, RES ? r + o : nullptr, at.data(), bt.data(), y + o, n);
+      });
+    } else {
+      const int64_t o = k * sh.S;
+      const float ac = a[k % sh.C], bc = b[k % sh.C];
+      const T* __restrict xp = x + o;
+      const T* __restrict rp = RES ? r + o : nullptr;
+      T* __restrict yp = y + o;
+      for (int64_t s = 0; s < sh.S; ++s) {
+        float v = ld(xp, s) * ac + bc;
+        if (RES) v += ld(rp, s);
+        st(yp, s, RELU ? (v > 0.0f ? v : 0.0f) : v);
+      }
+    }
+  }
+}
+
+// g = dy · mask, where mask = y > 0 (FROM_Y: there was a residual) or x*a + b > 0, recomputed with
+// the forward's expression.
+template <bool RELU, bool FROM_Y, typename T>
+inline float masked(const T* dy, const T* y, const T* x, float a, float b, int64_t i) {
+  float d = ld(dy, i);
+  if (!RELU) return d;
+  bool on = FROM_Y ? ld(y, i) > 0.0f : (ld(x, i) * a + b) > 0.0f;
+  return on ? d : 0.0f;
+}
+
+template <bool RELU, bool FROM_Y, bool WRITE_G, typename T>
+inline void grad_sums(const T* __restrict dy, const T* __restrict y, const T* __restrict x, const float* __restrict a,
+                      const float* __restrict b, const float* __restrict mean, T* __restrict g_out,
+                      float* __restrict s1, float* __restrict s2, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    float g = masked<RELU, FROM_Y>(dy, y, x, a[j], b[j], j);
+    if (WRITE_G) st(g_out, j, g);
+    s1[j] += g;
+    s2[j] += g * (ld(x, j) - mean[j]);
+  }
+}
+
+template <bool RELU, bool FROM_Y, bool READ_G, typename T>
+inline void grad_input(const T* __restrict dy, const T* __restrict y, const T* __restrict x, const T* __restrict g_in,
+                       const float* __restrict a, const float* __restrict b, const float* __restrict mean,
+                       const float* __restrict kx, const float* __restrict d, T* __restrict dx, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    float g = READ_G ? ld(g_in, j) : masked<RELU, FROM_Y>(dy, y, x, a[j], b[j], j);
+    st(dx, j, a[j] * g + kx[j] * (ld(x, j) - mean[j]) + d[j]);
+  }
+}
+
+template <bool RELU, bool FROM_Y, bool WRITE_G, typename T>
+void backward_impl(const T* dy, const T* y, const T* x, const float* gamma, const float* beta, const float* mean,
+                   const float* invstd, T* g_out, T* dx, float* dgamma, float* dbeta, const Shape& sh, int threads) {
+  const int64_t C = sh.C, K = sh.chunks(), P = sh.partial(), S = sh.S;
+  std::vector<float> a, b, p1(K * P, 0.0f), p2(K * P, 0.0f);
+  coefficients(sh, gamma, beta, mean, invstd, a, b);
+  const std::vector<float> mean_v(mean, mean + C);
+  const std::vector<float> at = tiled(sh, a), bt = tiled(sh, b), mt = tiled(sh, mean_v);
+  // Pass 1: Σg and Σg(x - mean) per channel; g written out when there is a residual.
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t k = 0; k < K; ++k) {
+    if (sh.cl) {
+      for_tiles(sh, k, [&](int64_t o, int64_t n) {
+        grad_sums<RELU, FROM_Y, WRITE_G>(dy + o, FROM_Y ? y + o : nullptr, x + o, at.data(), bt.data(), mt.data(),
+                                         WRITE_G ? g_out + o : nullptr, &p1[k * P], &p2[k * P], n);
+      });
+    } else {
+      const int64_t c = k % C, o = k * S;
+      const float ac = a[c], bc = b[c], mc = mean[c];
+      const T* __restrict dyp = dy + o;
+      const T* __restrict yp = FROM_Y ? y + o : nullptr;
+      const T* __restrict xp = x + o;
+      T* __restrict gp = WRITE_G ? g_out + o : nullptr;
+      float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t s = 0; s < S; ++s) {
+        float g = masked<RELU, FROM_Y>(dyp, yp, xp, ac, bc, s);
+        if (WRITE_G) st(gp, s, g);
+        s1 += g;
+        s2 += g * (ld(xp, s) - mc);
+      }
+      p1[k] = s1;
+      p2[k] = s2;
+    }
+  }
+  std::vector<double> s1, s2;
+  fold(sh, p1, s1);
+  fold(sh, p2, s2);
+  const double M = double(sh.M());
+  std::vector<float> kx(C), d(C);
+  for (int64_t c = 0; c < C; ++c) {
+    if (dgamma) dgamma[c] = float(s2[c] * invstd[c]);
+    if (dbeta) dbeta[c] = float(s1[c]);
+    const double ac = double(gamma ? gamma[c] : 1.0f) * invstd[c];
+    kx[c] = float(-ac * double(invstd[c]) * double(invstd[c]) * s2[c] / M);
+    d[c] = float(-ac * s1[c] / M);
+  }
+  if (!dx) return;
+  // Pass 2: dx = a·g + k·(x - mean) + d, g read back (residual) or recomputed.
+  const std::vector<float> kt = tiled(sh, kx), dt = tiled(sh, d);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t k = 0; k < K; ++k) {
+    if (sh.cl) {
+      for_tiles(sh, k, [&](int64_t o, int64_t n) {
+        grad_input<RELU, FROM_Y, WRITE_G>(dy + o, FROM_Y ? y + o : nullptr, x + o, WRITE_G ? g_out + o : nullptr,
+                                          at.data(), bt.data(), mt.data(), kt.data(), dt.data(), dx + o, n);
+      });
+    } else {
+      const int64_t c = k % C, o = k * S;
+      const float ac = a[c], bc = b[c], mc = mean[c], kc = kx[c], dc = d[c];
+      const T* __restrict dyp = dy + o;
+      const T* __restrict yp = FROM_Y ? y + o : nullptr;
+      const T* __restrict xp = x + o;
+      const T* __restrict gp = WRITE_G ? g_out + o : nullptr;
+      T* __restrict dxp = dx + o;
+      for (int64_t s = 0; s < S; ++s) {
+        float g = WRITE_G ? ld(gp, s) : masked<RELU, FROM_Y>(dyp, yp, xp, ac, bc, s);
+        st(dxp, s, ac * g + kc * (ld(xp, s) - mc) + dc);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward(const T* dy, const T* y, const T* x, const float* gamma, const float* beta, const float* mean,
+              const float* invstd, T* g_out, T* dx, float* dgamma, float* dbeta, const Shape& sh, int relu,
+              int threads) {
+#define BNONLY_BWD(R, Y, G) \
+  backward_impl<R, Y, G>(dy, y, x, gamma, beta, mean, invstd, g_out, dx, dgamma, dbeta, sh, threads)
+  if (!relu) {
+    if (g_out) BNONLY_BWD(false, false, true); else BNONLY_BWD(false, false, false);
+  } else if (y) {
+    if (g_out) BNONLY_BWD(true, true, true); else BNONLY_BWD(true, true, false);
+  } else {
+    if (g_out) BNONLY_BWD(true, false, true); else BNONLY_BWD(true, false, false);
+  }
+#undef BNONLY_BWD
+}
+
+template <typename T>
+void forward(const T* x, const T* r, const float* gamma, const float* beta, double eps, T* y, float* mean,
+             float* var, float* invstd, const Shape& sh, int relu, int threads) {
+  stats(x, sh, eps, mean, var, invstd, threads);
+  std::vector<float> a, b;
+  coefficients(sh, gamma, beta, mean, invstd, a, b);
+  if (relu) {
+    if (r) apply<true, true>(x, r, a, b, y, sh, threads); else apply<true, false>(x, r, a, b, y, sh, threads);
+  } else {
+    if (r) apply<false, true>(x, r, a, b, y, sh, threads); else apply<false, false>(x, r, a, b, y, sh, threads);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int bnonly_norm_act_abi() { return 1; }
+
+// dtype: 0 float32, 1 bfloat16. Pointers may be null where optional (r, gamma, beta; in the
+// backward y, g_out, dx, dgamma, dbeta).
+void bnonly_norm_act_forward(int dtype, const void* x, const void* r, const float* gamma, const float* beta,
+                             double eps, void* y, float* mean, float* var, float* invstd, int64_t N, int64_t C,
+                             int64_t S, int cl, int relu, int threads) {
+  Shape sh{N, C, S, cl};
+  if (dtype == 0)
+    forward((const float*)x, (const float*)r, gamma, beta, eps, (float*)y, mean, var, invstd, sh, relu, threads);
+  else
+    forward((const uint16_t*)x, (const uint16_t*)r, gamma, beta, eps, (uint16_t*)y, mean, var, invstd, sh, relu,
+            threads);
+}
+
+void bnonly_norm_act_backward(int dtype, const void* dy, const void* y, const void* x, const float* gamma,
+                              const float* beta, const float* mean, const float* invstd, void* g_out, void* dx,
+                              float* dgamma, float* dbeta, int64_t N, int64_t C, int64_t S, int cl, int relu,
+                              int threads) {
+  Shape sh{N, C, S, cl};
+  if (dtype == 0)
+    backward((const float*)dy, (const float*)y, (const float*)x, gamma, beta, mean, invstd, (float*)g_out,
+             (float*)dx, dgamma, dbeta, sh, relu, threads);
+  else
+    backward((const uint16_t*)dy, (const uint16_t*)y, (const uint16_t*)x, gamma, beta, mean, invstd,
+             (uint16_t*)g_out, (uint16_t*)dx, dgamma, dbeta, sh, relu, threads);
+}
+
+}  // extern "C"

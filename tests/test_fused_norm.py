@@ -1,0 +1,317 @@
+"""The fused norm-act kernel (bnonly.fused_norm): it computes what the plain BatchNorm2d + add +
+ReLU compute, in both CPU dtypes and both memory formats, trains the same runs, and is a compute
+setting like the others (default, record, resume, refusals).
+
+Exactness is judged against a float64 computation of the same inputs: the fused kernel must be at
+least as close to it as the plain modules are (relative L2 error), because the two legitimately
+differ in rounding (and so in the ReLU mask of values within a rounding error of zero)."""
+
+import json
+
+import conftest
+import pytest
+import torch
+from conftest import QUIET, TINY, SignalAt
+from torch import nn
+
+from bnonly import compute, fused_norm, speed
+from bnonly.compute import Capabilities, resolve
+from bnonly.config import ConfigError, TrainConfig
+from bnonly.models import create_model
+from bnonly.rundir import RunDir
+from bnonly.training import Callback, Interrupted, train
+
+pytestmark = pytest.mark.skipif(fused_norm.unavailable_reason() is not None,
+                                reason=f"fused kernel unavailable: {fused_norm.unavailable_reason()}")
+
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+#: Relative L2 error to float64 each dtype allows the fused kernel, whatever the plain modules reach.
+TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 4e-3}
+
+
+def _inputs(dtype, fmt, residual, affine=True, shape=(16, 8, 6, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    r = torch.randn(shape, generator=g) if residual else None
+    dy = torch.randn(shape, generator=g)
+    gamma = torch.empty(shape[1]).uniform_(0.5, 1.5, generator=g)
+    beta = torch.empty(shape[1]).uniform_(-0.5, 0.5, generator=g)
+    cast = (lambda t: None if t is None else t.to(dtype).contiguous(memory_format=fmt))
+    return cast(x), cast(r), cast(dy), (gamma, beta) if affine else None
+
+
+def _run(kind, x, r, dy, affine, momentum=0.1):
+    """(y, dx, dγ, dβ, running mean, running var, dresidual) of relu(bn(x) + r), by ``kind``:
+    plain modules, the fused kernel, or the plain modules in float64."""
+    dtype = torch.float64 if kind == "reference" else torch.float32
+    bn = nn.BatchNorm2d(x.shape[1], affine=affine is not None, momentum=momentum).to(dtype)
+    if affine is not None:
+        with torch.no_grad():
+            bn.weight.copy_(affine[0])
+            bn.bias.copy_(affine[1])
+    if kind == "fused":
+        assert fused_norm.enable(bn) == 1
+    if kind == "reference":
+        x, dy, r = x.double(), dy.double(), None if r is None else r.double()
+    x = x.detach().clone().requires_grad_()
+    r = None if r is None else r.detach().clone().requires_grad_()
+    y = fused_norm.norm_act(bn, nn.ReLU(), x, r)
+    y.backward(dy)
+    grads = (bn.weight.grad, bn.bias.grad) if affine is not None else (None, None)
+    return y, x.grad, *grads, bn.running_mean, bn.running_var, None if r is None else r.grad
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS)
+@pytest.mark.parametrize("residual", [False, True], ids=["relu", "add-relu"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+def test_the_kernel_is_as_exact_as_the_plain_modules(dtype, fmt, residual, affine):
+    x, r, dy, gb = _inputs(dtype, fmt, residual, affine)
+    ref, plain, fused = (_run(k, x, r, dy, gb) for k in ("reference", "plain", "fused"))
+    names = ["y", "dx", "dgamma", "dbeta", "running_mean", "running_var", "dresidual"]
+    for name, p, f, q in zip(names, plain, fused, ref):
+        if q is None:
+            assert f is None and p is None, name
+            continue
+        assert f.dtype == p.dtype and f.shape == p.shape, name
+        err, plain_err = _rel(f, q), _rel(p, q)
+        assert err <= max(TOLERANCE[dtype], 1.5 * plain_err), (name, err, plain_err)
+    # The output keeps the input's memory format and dtype, as BatchNorm's does.
+    assert fused[0].is_contiguous(memory_format=fmt) and fused[0].dtype == dtype
+
+
+def test_the_relu_mask_is_exactly_the_forwards():
+    """Without a residual the backward recomputes the mask from x: no gradient may pass where the
+    forward output was zero, and every one where it was positive."""
+    x, _, dy, gb = _inputs(torch.float32, torch.channels_last, False, shape=(64, 16, 8, 8))
+    y, dx, *_ = _run("fused", x, None, dy, gb)
+    bn = nn.BatchNorm2d(16)
+    fused_norm.enable(bn)
+    xx = x.clone().requires_grad_()
+    out = fused_norm.norm_act(bn, nn.ReLU(), xx)
+    # d(sum(out * dy))/d(out) is dy; through the ReLU it is dy where out > 0: the gradient of the
+    # normalized values, checked through γ's gradient with β's (their sums include only those).
+    out.backward(dy)
+    on = out.detach() > 0
+    assert torch.allclose(bn.bias.grad, (dy * on).sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_does_not_depend_on_the_thread_count():
+    x, r, dy, gb = _inputs(torch.float32, torch.channels_last, True, shape=(64, 16, 16, 16))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run("fused", x, r, dy, gb)
+        torch.set_num_threads(2)
+        two = _run("fused", x, r, dy, gb)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, two) if a is not None)
+
+
+def test_uncovered_cases_run_the_plain_modules():
+    x = torch.randn(8, 4, 5, 5)
+    bn = nn.BatchNorm2d(4)
+    fused_norm.enable(bn)
+    bn.eval()  # running statistics: the plain module, bit for bit
+    assert torch.equal(fused_norm.norm_act(bn, nn.ReLU(), x), torch.relu(nn.BatchNorm2d(4).eval()(x)))
+    bn.train()
+    assert not fused_norm._fusable(bn, nn.GELU(), x, None)  # another activation
+    assert not fused_norm._fusable(bn, nn.ReLU(), x.double(), None)  # another dtype
+    assert not fused_norm._fusable(bn, nn.ReLU(), x[:, :, ::2], None)  # a strided view
+    assert not fused_norm._fusable(bn, nn.ReLU(), x[:1, :, :1, :1], None)  # one value per channel: torch refuses it
+    assert not fused_norm._fusable(nn.BatchNorm2d(4), nn.ReLU(), x, None)  # not enabled
+    seen = []
+    bn.register_forward_hook(lambda *a: seen.append(1))
+    fused_norm.norm_act(bn, nn.ReLU(), x)
+    assert seen == [1]  # a hook sees the module run
+    gn = nn.GroupNorm(2, 4)
+    assert fused_norm.enable(gn) == 0  # only BatchNorm2d is covered
+
+
+def _bn_only(model):
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(isinstance(m, nn.BatchNorm2d))
+    return model
+
+
+def _one_step(kind, bf16, x, y):
+    """The gradients and BatchNorm buffers after one BN-only step of cifar_resnet_8_8: ``kind`` is
+    plain, fused, or reference (float64, no autocast)."""
+    model = _bn_only(create_model("cifar_resnet_8_8", 10, seed=0)).to(memory_format=torch.channels_last)
+    if kind == "reference":
+        model, x = model.double(), x.double()
+    if kind == "fused":
+        assert fused_norm.enable(model) == 9  # stem, 3 blocks x 2, 2 shortcuts
+    if bf16 and kind != "reference":
+        speed.precast_frozen(model, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and kind != "reference"):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    stats = {n: b for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+    return grads, stats, {n: b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_one_step_gives_the_same_gamma_beta_gradients_and_statistics(bf16):
+    """Every γ/β gradient and running statistic of one step against float64. float32: each tensor
+    within 1e-5 relative L2 error. bf16: the rounding of bf16 activations through the network puts
+    ~12% relative error on the γ/β gradients of this small net either way, so the stated tolerance
+    is the mean over the tensors: no more than 1.3x the plain modules' mean error (measured 0.8-1.2x
+    over three seeds); statistics within 1.5x the plain error or 1e-3."""
+    x = torch.randn(32, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (32,))
+    ref, plain, fused = (_one_step(kind, bf16, x, y) for kind in ("reference", "plain", "fused"))
+    for part in (0, 1):
+        assert ref[part].keys() == fused[part].keys() and ref[part]
+        errors = [(_rel(fused[part][n], q), _rel(plain[part][n], q)) for n, q in ref[part].items()]
+        if not bf16:
+            assert max(e for e, _ in errors) < 1e-5, errors
+        elif part == 0:
+            mean = [sum(column) / len(errors) for column in zip(*errors)]
+            assert mean[0] < 1.3 * mean[1], mean
+        else:
+            assert all(e < max(1e-3, 1.5 * p) for e, p in errors), errors
+    assert all(torch.equal(fused[2][n], ref[2][n]) for n in ref[2])  # one batch tracked per layer
+
+
+@pytest.mark.compute
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_200_steps_of_training_follow_the_same_loss_curve(tmp_path, bf16):
+    """The same run with the kernel and without, 200 SGD steps. Rounding differences grow over
+    training (SGD on a small net amplifies them), so the tolerance is the dtype's own: the fused
+    run may differ from the plain one by no more than two equally valid plain runs differ from each
+    other (NCHW against channels_last, whose kernels round differently), with a floor; the first
+    steps agree to the dtype's precision; so do the final BatchNorm running statistics."""
+    cfg = TrainConfig(**dict(conftest.TINY, epochs=25, milestones=(15,), schedule_epochs=25, eval_every=0,
+                             bf16=bf16))  # 256 images / batch 32 = 8 steps an epoch: 200 steps
+    curves, finals = {}, {}
+    for name, changes in {"plain": dict(fused_norm=False), "fused": dict(fused_norm=True),
+                          "plain-nchw": dict(fused_norm=False, channels_last=False)}.items():
+        seen = []
+
+        class Losses(Callback):
+            def on_step_end(self, trainer, out):
+                seen.append(float(out.loss))
+
+        summary = train(cfg.replace(out=str(tmp_path / name), **changes), callbacks=[Losses()], **QUIET)
+        assert summary["compute"]["fused_norm"] is changes["fused_norm"] and summary["steps"] == 200
+        curves[name], finals[name] = torch.tensor(seen), torch.load(RunDir(summary["run_dir"]).final_weights)
+    assert len(curves["fused"]) == 200
+    gap = (curves["fused"] - curves["plain"]).abs()
+    spread = (curves["plain-nchw"] - curves["plain"]).abs()
+    assert gap[:8].max() < (2e-2 if bf16 else 1e-4), gap[:8]  # the first epoch
+    assert gap.max() <= max(2 * spread.max(), 0.02 if bf16 else 2e-3), (gap.max(), spread.max())
+    stats = [k for k in finals["fused"] if k.endswith(("running_mean", "running_var"))]
+    for k in stats:
+        err, natural = _rel(finals["fused"][k], finals["plain"][k]), _rel(finals["plain-nchw"][k], finals["plain"][k])
+        assert err <= max(2 * natural, 1e-3), (k, err, natural)
+
+
+# --- the compute setting ---------------------------------------------------------------------
+
+AVX2 = Capabilities("cpu", frozenset({"avx2", "fma"}))
+NONE = dict(bf16=None, channels_last=None, compile=None, capture=None, threads=None, fused_norm=None)
+
+
+def test_the_setting_defaults_on_where_it_builds_and_gives_way_to_compile():
+    assert resolve(NONE, AVX2, env={})[0].fused_norm is True
+    assert resolve(NONE, Capabilities("cuda"), env={})[0].fused_norm is False
+    assert resolve(dict(NONE, compile=True), AVX2, env={})[0].fused_norm is False
+    no_compiler = Capabilities("cpu", frozenset(), fused_kernel="no C++ compiler found (install g++, or set $CXX)")
+    assert resolve(NONE, no_compiler, env={})[0].fused_norm is False
+    assert resolve(dict(NONE, fused_norm=False), AVX2, env={})[0].fused_norm is False
+
+
+@pytest.mark.parametrize("caps, explicit, message", [
+    (Capabilities("cpu", fused_kernel="no C++ compiler found (install g++, or set $CXX)"), dict(fused_norm=True),
+     r"cannot run here: no C\+\+ compiler found \(install g\+\+, or set \$CXX\); use --no-fused-norm"),
+    (Capabilities("cuda"), dict(fused_norm=True), "cannot run here: it runs on the CPU only; use --no-fused-norm"),
+    (AVX2, dict(fused_norm=True, compile=True), "cannot both be on .*drop one of them"),
+])
+def test_asking_for_it_where_it_cannot_run_is_refused(caps, explicit, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(dict(NONE, **explicit), caps, env={})
+
+
+def test_a_checkpoint_from_before_the_setting_resumes_unfused():
+    recorded = dict(bf16=False, channels_last=True, compile=False, capture=False, threads=1)
+    settings, note = resolve(NONE, AVX2, recorded=recorded, env={})
+    assert settings.fused_norm is False and "fused_norm on" in note
+    with pytest.raises(ConfigError, match="^fused_norm is on .* started with off"):
+        resolve(dict(NONE, fused_norm=True), AVX2, recorded=recorded, env={})
+
+
+def test_without_a_compiler_the_kernel_says_why(monkeypatch):
+    monkeypatch.setattr(fused_norm, "_library", None)
+    monkeypatch.setattr(fused_norm, "_failure", None)
+    monkeypatch.setattr(fused_norm, "_compiler", lambda: None)
+    assert fused_norm.unavailable_reason() == "no C++ compiler found (install g++, or set $CXX)"
+    assert fused_norm.library() is None
+    bn = nn.BatchNorm2d(4)
+    fused_norm.enable(bn)
+    x = torch.randn(8, 4, 5, 5)
+    assert torch.equal(fused_norm.norm_act(bn, nn.ReLU(), x), torch.relu(nn.BatchNorm2d(4)(x)))  # plain modules
+
+
+def test_a_broken_compiler_is_reported_not_raised(monkeypatch, tmp_path):
+    monkeypatch.setattr(fused_norm, "_library", None)
+    monkeypatch.setattr(fused_norm, "_failure", None)
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\necho 'fake compiler' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(fused_norm, "_compiler", lambda: str(fake))
+    monkeypatch.setenv("BNONLY_CACHE", str(tmp_path / "cache"))
+    assert "failed to build the fused kernel" in fused_norm.unavailable_reason()
+
+
+def test_the_library_is_cached_per_source_and_cpu(monkeypatch, tmp_path):
+    cxx = fused_norm._compiler()
+    source = b'extern "C" int bnonly_norm_act_abi() { return 1; }\n'
+    first = fused_norm._build(cxx, source, tmp_path)
+    assert fused_norm._build(cxx, source, tmp_path) == first  # built once
+    monkeypatch.setattr(fused_norm, "_cpu_flags", lambda: "another cpu")
+    assert fused_norm._build(cxx, source, tmp_path) != first  # -march=native code is per CPU
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".so")] == []  # no temporary left
+
+
+@pytest.mark.compute
+def test_the_setting_is_recorded_kept_on_resume_and_leaves_the_identity(tmp_path):
+    cfg = TrainConfig(**dict(TINY, out=str(tmp_path)))
+    assert cfg.replace(fused_norm=False).run_id == cfg.replace(fused_norm=True).run_id == cfg.run_id
+    with pytest.raises(Interrupted):
+        train(cfg.replace(fused_norm=False), callbacks=[SignalAt({5})], **QUIET)
+    with pytest.raises(ConfigError, match="^fused_norm is on .* started with off"):
+        train(cfg.replace(fused_norm=True), **QUIET)
+    summary = train(cfg, **QUIET)  # the default would be on: the run keeps what it started with
+    assert summary["compute"]["fused_norm"] is False
+    assert json.loads((RunDir(summary["run_dir"]).path / "summary.json").read_text())["compute"]["fused_norm"] is False
+
+
+def test_keeping_freed_memory_is_taken_by_glibc():
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert speed.keep_freed_memory() is True
+
+
+def test_every_model_family_calls_the_kernel_where_it_should(monkeypatch):
+    calls = []
+    real = fused_norm._fused
+    monkeypatch.setattr(fused_norm, "_fused", lambda norm, x, r: calls.append(r is not None) or real(norm, x, r))
+    for name, shape, relu_only, with_add in [("cifar_resnet_8_8", (4, 3, 16, 16), 1 + 3, 3),
+                                             ("cifar_vgg_11", (4, 3, 32, 32), 8, 0),
+                                             ("imagenet_resnet_18", (2, 3, 64, 64), 1 + 8, 8)]:
+        calls.clear()
+        model = create_model(name, 10, seed=0)
+        fused_norm.enable(model)
+        model(torch.randn(shape))
+        assert (calls.count(False), calls.count(True)) == (relu_only, with_add), name
+    compute.Capabilities  # noqa: B018 (the module is part of what this file tests)
