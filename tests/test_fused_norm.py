@@ -17,6 +17,7 @@ from torch import nn
 from bnonly import compute, fused_norm, speed
 from bnonly.compute import Capabilities, resolve
 from bnonly.config import ConfigError, TrainConfig
+from bnonly.distributed import GlobalBatchNorm2d
 from bnonly.models import create_model
 from bnonly.rundir import RunDir
 from bnonly.training import Callback, Interrupted, train
@@ -130,6 +131,8 @@ def test_uncovered_cases_run_the_plain_modules():
     bn.register_forward_hook(lambda *a: seen.append(1))
     fused_norm.norm_act(bn, nn.ReLU(), x)
     assert seen == [1]  # a hook sees the module run
+    bn.__class__ = GlobalBatchNorm2d  # what sync_bn does to a marked layer: its statistics span the ranks
+    assert not fused_norm._fusable(bn, nn.ReLU(), x, None)
     gn = nn.GroupNorm(2, 4)
     assert fused_norm.enable(gn) == 0  # only BatchNorm2d is covered
 

@@ -136,7 +136,10 @@ def _uses_batch_statistics(norm: nn.BatchNorm2d) -> bool:
 
 
 def _fusable(norm: nn.Module, act: nn.Module, x: Tensor, residual: Tensor | None) -> bool:
-    if not (getattr(norm, "fused_act", False) and type(act) is nn.ReLU and _uses_batch_statistics(norm)):
+    # The exact type: a subclass swapped in later (the CPU sync_bn's, which reduces statistics over
+    # every rank) keeps the mark but not the meaning.
+    if not (type(norm) is nn.BatchNorm2d and getattr(norm, "fused_act", False) and type(act) is nn.ReLU
+            and _uses_batch_statistics(norm)):
         return False
     if norm._forward_hooks or norm._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks:
         return False  # a hook expects to see the modules run
