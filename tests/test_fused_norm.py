@@ -298,13 +298,6 @@ def test_the_setting_is_recorded_kept_on_resume_and_leaves_the_identity(tmp_path
     assert json.loads((RunDir(summary["run_dir"]).path / "summary.json").read_text())["compute"]["fused_norm"] is False
 
 
-def test_keeping_freed_memory_is_taken_by_glibc():
-    import platform
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc only")
-    assert speed.keep_freed_memory() is True
-
-
 def test_every_model_family_calls_the_kernel_where_it_should(monkeypatch):
     calls = []
     real = fused_norm._fused

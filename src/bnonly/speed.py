@@ -18,7 +18,6 @@ of it, plus ``torch.compile`` when asked, in the order ``bnonly.training.build``
 
 from __future__ import annotations
 
-import ctypes
 from collections import OrderedDict
 from contextlib import nullcontext
 from functools import partial
@@ -172,31 +171,6 @@ def checkpoint_blocks(model: nn.Module, segments: int) -> int:
     return len(targets)
 
 
-# --- freed memory kept for reuse (CPU) ---------------------------------------------------------
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc serve allocations up to 32 MiB from its heap and keep freed heap memory.
-
-    PyTorch's CPU allocator takes every activation from malloc and frees it after use. By default
-    glibc maps large blocks fresh from the kernel and unmaps them on free, so each step touches
-    every activation's pages anew: ~300,000 page faults per BN-only ResNet-20 step at batch 128, and
-    10-20% of its time on the AVX2 EPYC (``benchmarks/fused_norm.py`` measures it). Kept in the
-    heap, the same memory is reused step after step. Process-wide and numerically inert, like
-    ``cudnn.benchmark``; a process's resident memory then stays at its peak. Returns whether glibc
-    took the settings (False elsewhere, e.g. musl or macOS: nothing changes).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
 # --- the whole preparation -------------------------------------------------------------------
 
 def compile_options(device: torch.device, capture: bool = False) -> dict:
@@ -213,8 +187,7 @@ def prepare(model: nn.Module, *, device: torch.device, bf16: bool, compile: bool
     """Prepare an already configured model (what trains chosen, on its device and memory
     format) for fast training, in place; returns it.
 
-    On CUDA it turns on ``cudnn.benchmark``, on the CPU :func:`keep_freed_memory` (both
-    process-wide). bf16: frozen weights pre-cast
+    On CUDA it turns on ``cudnn.benchmark`` (process-wide). bf16: frozen weights pre-cast
     once (:func:`precast_frozen`). fused_norm: BatchNorm2d layers marked for the fused kernel
     (:func:`bnonly.fused_norm.enable`). checkpoint_segments > 0:
     activation checkpointing (:func:`checkpoint_blocks`). compile: ``model.compile`` (in place,
@@ -222,8 +195,6 @@ def prepare(model: nn.Module, *, device: torch.device, bf16: bool, compile: bool
     """
     if device.type == "cuda":  # shapes are fixed: let cuDNN time its algorithms once and keep the fastest
         torch.backends.cudnn.benchmark = True
-    if device.type == "cpu":
-        keep_freed_memory()
     if bf16:
         precast_frozen(model, torch.bfloat16)
     if fused_norm:
