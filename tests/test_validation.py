@@ -54,6 +54,7 @@ BAD = {
     "bf16": [("yes please", "not true or false")],
     "compile": [("x", "not true or false")],
     "capture": [("y", "not true or false")],
+    "fused_norm": [("maybe", "not true or false")],
     "checkpoint_activations": [(-1, ">= 0")],
     "num_workers": [(-1, ">= 0")],
     "threads": [(0, ">= 1"), (-2, ">= 1")],

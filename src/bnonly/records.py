@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import formats
-from .analysis import read_analysis
+from .analysis.runs import ANALYSIS_FILE, migrate
 from .compact import read_compact
 from .errors import FormatError
 from .rundir import RunDir, read_json
@@ -70,17 +70,20 @@ def load_run(path: str | Path) -> RunRecord:
                           f"or was never started")
     found = {"config": formats.found_format("config", raw_config, str(run.config)),
              "summary": formats.found_format("summary", raw_summary, str(run.summary))}
-    metrics = run.read_metrics()
-    if run.metrics.exists():
-        first = next((line for line in run.metrics.read_text().splitlines() if line.strip()), None)
-        found["metrics"] = formats.CURRENT["metrics"] if first is None else \
-            formats.found_format("metrics", json.loads(first), str(run.metrics))
-    analysis_file = read_json(run.path / "analysis.json")
-    if analysis_file is not None:
-        found["analysis"] = formats.found_format("analysis", analysis_file, str(run.path / "analysis.json"))
+    metrics = []
+    if run.metrics.exists():  # each file read and parsed once; a resumed run's rows may mix formats: the oldest
+        where = str(run.metrics)
+        rows = [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+        found["metrics"] = min((formats.found_format("metrics", row, where) for row in rows),
+                               default=formats.CURRENT["metrics"])
+        metrics = [formats.upgrade_metrics_row(row, where) for row in rows]
+    analysis_path = run.path / ANALYSIS_FILE
+    analysis = read_json(analysis_path)
+    if analysis is not None:
+        found["analysis"] = formats.found_format("analysis", analysis, str(analysis_path))
     return RunRecord(path=path, config=_config(formats.config_fields(raw_config, str(run.config)), run.config),
                      summary=formats.upgrade_summary(raw_summary, str(run.summary)), metrics=metrics,
-                     analysis=read_analysis(run.path), formats=found)
+                     analysis=migrate(analysis), formats=found)
 
 
 def _from_compact(path: Path) -> RunRecord:
