@@ -46,9 +46,9 @@ ok bench bnonly bench --model cifar_resnet_8_8 --data "$DATA" --batch-size 32 --
 ok export bnonly export "$run" --compact run.compact
 ok import bnonly import run.compact --out imported
 ok python-api python -c "
-import bnonly, json, sys
+import bnonly, bnonly.formats, json, sys
 r = bnonly.load_run('$run'); c = bnonly.load_run('run.compact')
-assert r.done and r.formats['summary'] == 2 and r.analysis['format'] == 3, r.formats
+assert r.done and r.formats['summary'] == bnonly.formats.SUMMARY_FORMAT and r.analysis['format'] == bnonly.formats.ANALYSIS_FORMAT, r.formats
 assert c.config.run_id == r.config.run_id and bnonly.schema('summary')['title'].startswith('bnonly summary')
 print(bnonly.__version__, r.test_acc)"
 
