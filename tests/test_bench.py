@@ -69,7 +69,8 @@ def test_bench_runs_both_pipelines_and_shows_the_bn_only_evidence():
     assert fast["threads"] == 1 and len(fast["windows"]) == 2 and fast["images_per_s"] > 0
     ratios = sorted(f / c for f, c in zip(fast["windows"], conv["windows"]))
     assert r["speedup"] == pytest.approx((ratios[0] + ratios[1]) / 2, rel=0.01, abs=0.006)  # median of pairs
-    assert fast["achieved_gflops"] == round(r["flops_per_image"] * fast["images_per_s"] / 1e9, 2)
+    # images_per_s is rounded to 0.1 after achieved_gflops was computed from the exact rate
+    assert fast["achieved_gflops"] == pytest.approx(r["flops_per_image"] * fast["images_per_s"] / 1e9, abs=0.011)
     assert fast["fraction_of_float32_peak"] == pytest.approx(
         fast["achieved_gflops"] / r["matmul_peak_gflops"]["float32"], rel=0.02, abs=1e-3)
     assert fast["peak_mib"] > 0 and conv["peak_mib"] > 0
