@@ -64,8 +64,11 @@ def test_a_run_with_the_whole_step_function_trains_like_the_eager_step(tmp_path)
     for a, b in zip(rows_a, rows_b):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     fa, fb = (torch.load(RunDir(s["run_dir"]).final_weights) for s in (eager, whole))
+    # The two steps round differently (their SGD updates), and training amplifies it: in bf16 the
+    # final weights differ by up to ~2e-4 (fused norm-act kernel; ~9e-5 without), in float32 far less.
+    atol = 5e-4 if whole["compute"]["bf16"] else 1e-4
     for k in fa:
-        torch.testing.assert_close(fb[k].float(), fa[k].float(), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(fb[k].float(), fa[k].float(), rtol=1e-3, atol=atol)
 
 
 @pytest.mark.compute
