@@ -128,7 +128,10 @@ def test_torchrun_with_sync_bn_matches_one_process_on_the_global_batch(tmp_path)
 
 
 def test_nproc_per_rank_bn_is_stopped_resumed_and_matches_ghost_batchnorm(tmp_path, monkeypatch):
-    cfg = from_dict(dict(BASE, epochs=6, eval_every=0.5, milestones=[4], schedule_epochs=6, out=str(tmp_path / "ddp")))
+    # Unfused throughout: the reference run below patches BatchNorm2d.forward, which the fused
+    # kernel would bypass, and in bf16 fused and plain runs drift apart by more than this test's 2%.
+    cfg = from_dict(dict(BASE, epochs=6, eval_every=0.5, milestones=[4], schedule_epochs=6, fused_norm=False,
+                         out=str(tmp_path / "ddp")))
     (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
     run = RunDir(tmp_path / "ddp" / cfg.run_name)
     proc = subprocess.Popen([sys.executable, "-m", "bnonly", "train", "--nproc", "2",
@@ -159,7 +162,7 @@ def test_nproc_per_rank_bn_is_stopped_resumed_and_matches_ghost_batchnorm(tmp_pa
     plain_bn = nn.BatchNorm2d.forward
     monkeypatch.setattr(nn.BatchNorm2d, "forward", lambda self, x: torch.cat([plain_bn(self, h) for h in x.chunk(2)])
                         if self.training else plain_bn(self, x))
-    halves = train(cfg.replace(out=str(tmp_path / "halves"), fused_norm=False), **QUIET)  # the patched module runs
+    halves = train(cfg.replace(out=str(tmp_path / "halves")), **QUIET)
     monkeypatch.undo()
     per_rank = relative_difference(run, RunDir(halves["run_dir"]))
     assert per_rank < 0.02 < relative_difference(run, RunDir(whole["run_dir"]))
