@@ -174,25 +174,24 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def time_window(p: Pipeline, steps: int, device: torch.device) -> float:
-    """Images/s over ``steps`` consecutive steps (batch fetching included)."""
+def _images_per_s(p: Pipeline, draw: Callable[[], int], times: int, device: torch.device) -> float:
     _set_threads(p.threads)
     _sync(device)
     t0 = time.perf_counter()
-    images = sum(p.step() for _ in range(steps))
+    images = sum(draw() for _ in range(times))
     _sync(device)
     return images / (time.perf_counter() - t0)
+
+
+def time_window(p: Pipeline, steps: int, device: torch.device) -> float:
+    """Images/s over ``steps`` consecutive steps (batch fetching included)."""
+    return _images_per_s(p, p.step, steps, device)
 
 
 def data_rate(p: Pipeline, batches: int, device: torch.device) -> float:
     """Images/s of drawing ``p``'s training batches alone (decoding, augmentation, transfer): the
     rate the data path could feed a step that cost nothing."""
-    _set_threads(p.threads)
-    _sync(device)
-    t0 = time.perf_counter()
-    images = sum(p.next_batch() for _ in range(batches))
-    _sync(device)
-    return images / (time.perf_counter() - t0)
+    return _images_per_s(p, p.next_batch, batches, device)
 
 
 def warm_up(p: Pipeline, steps: int, device: torch.device) -> None:
