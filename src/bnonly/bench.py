@@ -175,6 +175,8 @@ def _set_threads(n: int | None) -> None:
 
 
 def _images_per_s(p: Pipeline, draw: Callable[[], int], times: int, device: torch.device) -> float:
+    """Images/s of calling ``draw`` (returns its batch size) ``times`` times on ``p``'s threads,
+    synchronised on both ends so queued device work is counted: one clock for steps and data alone."""
     _set_threads(p.threads)
     _sync(device)
     t0 = time.perf_counter()
