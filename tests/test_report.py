@@ -37,14 +37,16 @@ def reported(tmp_path_factory):
     runs = root / "runs"
     summaries = [train(TrainConfig(**TINY, model=m, train=t, seed=s, out=str(runs)), log=lambda *_: None)
                  for m, t, s in RUNS]
-    # The sweep these runs belong to has two more: one interrupted before its first epoch ended
-    # (config written, no summary), one never started.
+    # The sweep these runs belong to has three more: one interrupted before its first epoch ended
+    # (config written, no summary), two never started, of one model and spec, one of them off the
+    # recipe (the list of unfinished runs must tell the two apart).
     pending = TrainConfig(**TINY, model="cifar_resnet_8_8", train="output", seed=0, out=str(runs))
     atomic_write_json(runs / pending.run_name / "config.json", pending.to_dict())
     sweep = root / "sweep.yaml"
     sweep.write_text(yaml.safe_dump(dict(base=TINY, grid=[
         dict(model=[m], train=[t], seed=[s]) for m, t, s in RUNS + [("cifar_resnet_8_8", "output", 0),
-                                                                  ("cifar_resnet_20_8", "bn", 0)]])))
+                                                                  ("cifar_resnet_20_8", "bn", 0)]]
+        + [dict(model=["cifar_resnet_20_8"], train=["bn"], seed=[0], weight_init=["signed_constant"])])))
     note = root / "note.md"
     note.write_text("A note on **how** these runs were made.\n")
     out = root / "out"
@@ -94,7 +96,8 @@ def test_report_markdown_and_figures(reported):
     # Unfinished and never-started runs are named.
     assert "`cifar_resnet_8_8` `output` seed 0: interrupted, no epoch done yet" in text
     assert "`cifar_resnet_20_8` `bn` seed 0: not started" in text
-    assert "Not finished yet: 2 run(s)" in text
+    assert "`cifar_resnet_20_8` `bn` [weight_init=signed_constant] seed 0: not started" in text
+    assert "Not finished yet: 3 run(s)" in text
     # One normalizer, one kind of BN statistics, a shortened schedule: no column for either, no side-by-side.
     assert "| model | what trains | seeds | top-1 (%) |" in text and "At the paper's schedule" not in text
     # Published numbers appear with their source; the bn vs random comparison is filled in.

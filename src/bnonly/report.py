@@ -187,6 +187,14 @@ def off_recipe(cfg: dict) -> list[str]:
             and not _same(cfg, recipe, k)]
 
 
+def _off_recipe_label(cfg: dict) -> str:
+    """``field=value, ...`` for the fields in which a run leaves the recipe: what tells apart, in the
+    list of unfinished runs, two runs of one model and spec (edge-popup's setting beside plain
+    ``supermask:50``)."""
+    values = normalized(cfg)
+    return ", ".join(f"{k}={_fmt_field(k, values.get(k))}" for k in off_recipe(values))
+
+
 def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[dict]:
     """Runs not finished: run folders below ``root`` without a "done" summary (running,
     interrupted or failed) and, given a sweep file, the sweep's runs not started at all."""
@@ -204,12 +212,12 @@ def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[d
             status += f", {metrics[-1]['epoch']:g} of {cfg.get('epochs', 0):g} epochs done" if metrics else \
                 ", no epoch done yet"
         out.append(dict(run=run.path.name, model=cfg.get("model"), train=cfg.get("train"), seed=cfg.get("seed"),
-                        status=status))
+                        off_recipe=_off_recipe_label(cfg), status=status))
     if sweep_file is not None:
         for cfg in expand(load_spec(sweep_file), out=str(root)):
             if cfg.run_name not in seen and not RunDir(Path(root) / cfg.run_name).is_done():
                 out.append(dict(run=cfg.run_name, model=cfg.model, train=cfg.train, seed=cfg.seed,
-                                status="not started"))
+                                off_recipe=_off_recipe_label(cfg.to_dict()), status="not started"))
     return out
 
 
@@ -727,7 +735,8 @@ def render_markdown(*, title: str, root: Path, df, groups, figures: dict, config
            f"(sum of each run's wall time, device(s): {', '.join(sorted(set(map(str, df['device']))))}).", ""]
     if pending:
         md += [f"**Not finished yet: {len(pending)} run(s).** The tables and figures below lack them.", ""]
-        md += [f"- `{p['model']}` `{p['train']}` seed {p['seed']}: {p['status']}" for p in pending] + [""]
+        md += [f"- `{p['model']}` `{p['train']}`" + (f" [{p['off_recipe']}]" if p["off_recipe"] else "")
+               + f" seed {p['seed']}: {p['status']}" for p in pending] + [""]
     md += ["Recipe of the runs gathered:", ""] + _setup_lines(configs) + [""]
     if command:
         md += ["Produced by:", "", "```", command, "```", ""]
