@@ -15,6 +15,7 @@ from bnonly.analysis import (
     AnalysisError,
     Column,
     OffCounter,
+    WeightsAbsent,
     analysis_options,
     analyze_model,
     analyze_run,
@@ -515,6 +516,27 @@ def test_analyze_cli_on_a_folder_of_runs_including_a_no_affine_run(tmp_path, cap
     layers = results["output"]["affine"]["layers"]
     assert all(layer["channels"]["gamma"] == layer["channels"]["init_gamma"] for layer in layers)
     assert not list((tmp_path / "runs").glob("*/analysis_*.png"))
+
+
+def test_a_run_kept_as_its_small_files_keeps_its_analysis_and_says_what_is_out_of_date(tmp_path, capsys):
+    """results/ folders hold runs without their weights: analysing them keeps each analysis.json as it
+    is (naming the sections it cannot redo) instead of failing inside torch.load."""
+    summary = tiny_run(tmp_path, train="bn", epochs=1)
+    run_dir = tmp_path / "runs" / summary["run_dir"].split("/")[-1]
+    fresh = analyze_run(run_dir, draws=2, figures=False)
+    outdated = {**fresh, "sections": {k: v for k, v in fresh["sections"].items() if k != "supermask"}}
+    (run_dir / "analysis.json").write_text(json.dumps(outdated))
+    (run_dir / "final.pt").unlink()
+    assert main(["analyze", str(tmp_path / "runs"), "--draws", "2", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "kept its analysis.json as it is; section(s) supermask are out of date or missing" in out
+    assert json.loads((run_dir / "analysis.json").read_text()) == outdated
+    with pytest.warns(WeightsAbsent, match="supermask"):
+        assert analyze_run(run_dir, draws=2, figures=False) == outdated
+    (run_dir / "analysis.json").unlink()
+    assert main(["analyze", str(run_dir), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "has no final.pt (its trained weights) and no analysis.json" in err and "Traceback" not in err
 
 
 def test_analyze_cli_errors_are_one_line(tmp_path, capsys):

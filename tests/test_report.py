@@ -161,6 +161,31 @@ def test_report_of_format_2_analyses_is_the_same(reported, tmp_path):
     assert pd.read_csv(tmp_path / "old" / "runs.csv").equals(today_csv)
 
 
+def test_runs_of_one_config_in_other_arithmetic_are_told_apart(reported, tmp_path):
+    """bf16 autocast is a compute setting (same run identity), so a float32 re-run of a config lands
+    in its own folder; gathered beside the bf16 one it must be its own group, labelled, not a seed."""
+    runs = tmp_path / "runs"
+    source = next(reported["runs"].glob("cifar_resnet_8_8.bn.s0.*"))
+    for sub in ("a", "b"):
+        shutil.copytree(source, runs / sub / source.name)
+    summary_path = runs / "b" / source.name / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    flipped = not summary["compute"]["bf16"]
+    summary["compute"]["bf16"], summary["test_acc"] = flipped, summary["test_acc"] + 0.05
+    summary_path.write_text(json.dumps(summary))
+    out = tmp_path / "out"
+    text = make_report(runs, out).read_text()
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False, na_values=[""])
+    assert sorted(groups["variant"]) == ["precision=bf16", "precision=float32"]
+    assert list(groups["n"]) == [1, 1] and list(groups["seeds"].astype(str)) == ["0", "0"]
+    mine = groups[groups["variant"] == f"precision={'bf16' if flipped else 'float32'}"].iloc[0]
+    assert mine["test_acc_mean"] == pytest.approx(summary["test_acc"])
+    assert "| cifar_resnet_8_8 | `bn` | precision=bf16 | 0 |" in text
+    assert "| cifar_resnet_8_8 | `bn` | precision=float32 | 0 |" in text
+    runs_csv = pd.read_csv(out / "runs.csv")
+    assert sorted(runs_csv["precision"]) == ["bf16", "float32"]
+
+
 def test_report_without_analyses_says_so(tmp_path):
     runs = tmp_path / "runs"
     cfg = TrainConfig(**{**TINY, "epochs": 1}, model="cifar_resnet_8_8", train="bn", out=str(runs))

@@ -105,7 +105,7 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
             trainable_params=summary.get("trainable_params"), total_params=summary.get("total_params"),
             bn_params=summary.get("bn_params"), wall_seconds=summary.get("wall_seconds"),
             images_per_second=summary.get("images_per_second"), device=summary.get("device"),
-            bn_train=bn_statistics["train"], bn_eval=bn_statistics["eval"],
+            bn_train=bn_statistics["train"], bn_eval=bn_statistics["eval"], precision=_precision(summary),
         )
         a = an.read_analysis(path)
         row["analyzed"] = a is not None
@@ -115,9 +115,16 @@ def collect(root: str | Path) -> tuple[list[dict], dict[str, dict], list[dict]]:
         configs.append(normalized(cfg))
         row["off_recipe"] = ",".join(off_recipe(configs[-1]))
         rows.append(row)
-    for row, variant in zip(rows, _variants(configs)):
+    for row, variant in zip(rows, _variants(configs, [row["precision"] for row in rows])):
         row["variant"] = variant
     return rows, analyses, configs
+
+
+def _precision(summary: dict) -> str:
+    """The arithmetic a run trained in, from its summary's compute settings: "bf16" (autocast) or
+    "float32"; "—" where the summary does not record it."""
+    bf16 = (summary.get("compute") or {}).get("bf16")
+    return "—" if bf16 is None else "bf16" if bf16 else "float32"
 
 
 def normalized(cfg: dict) -> dict:
@@ -130,16 +137,21 @@ def normalized(cfg: dict) -> dict:
     return values
 
 
-def _variants(configs: list[dict]) -> list[str]:
+def _variants(configs: list[dict], precisions: list[str]) -> list[str]:
     """Per run, among the identity fields (other than model, spec and seed) that differ among the
     runs, those in which it leaves the recipe ("recipe" for a run that leaves it in none): two runs
-    that differ in a field cannot both be at the recipe's value there, so the label tells them apart."""
+    that differ in a field cannot both be at the recipe's value there, so the label tells them apart.
+    Where the runs trained in different arithmetic (``precisions``: bf16 autocast beside float32, a
+    compute setting that leaves run identities alone), every label says which: runs of one
+    configuration in different arithmetic are not averaged together, and no table hides the difference."""
     keys = [k for k in cfgmod.field_names() if k not in _NOT_VARIANT
             and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    mixed = len(set(precisions)) > 1
     labels = []
-    for c in configs:
+    for c, precision in zip(configs, precisions):
         recipe = _recipe(c)
         shown = [f"{k}={_fmt_field(k, c.get(k))}" for k in keys if not _same(c, recipe, k)]
+        shown += [f"precision={precision}"] if mixed else []
         labels.append(", ".join(shown) or ("recipe" if keys else ""))
     return labels
 
@@ -607,7 +619,8 @@ def _paper_rows(groups) -> list[list]:
         here = "not run here"
         if p.metric == "top1" and (p.model, p.train) in by:
             r = by[(p.model, p.train)]
-            here = f"{_pct(r['test_acc_mean'], r['test_acc_std'])}% ({r['n']} seed(s), {r['epochs']:g} epochs)"
+            variant = f", {r['variant']}" if r["variant"] not in ("", "recipe") else ""
+            here = f"{_pct(r['test_acc_mean'], r['test_acc_std'])}% ({r['n']} seed(s), {r['epochs']:g} epochs{variant})"
         elif p.metric == "fraction_disabled":
             found = [f"{m}: n/a" if _not_applicable(r, "disabled") else
                      f"{m}: {_pct(r['fraction_dead_mean'], r['fraction_dead_std'])}%"

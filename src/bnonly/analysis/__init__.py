@@ -92,7 +92,7 @@ shows the column in its "What BatchNorm learned" table and in runs.csv/groups.cs
 
 from .builtin import ablation  # importing builtin registers the built-in evaluators
 from .cli import add_subcommand, parse_thresholds, summary_line
-from .errors import AnalysisError
+from .errors import AnalysisError, WeightsAbsent
 from .evaluators import (
                          DEFAULT_DEAD_SHARE,
                          DEFAULT_DRAWS,
@@ -145,8 +145,8 @@ from .stats import describe, fraction_below, threshold_key
 __all__ = [
     "ACTIVATIONS", "ANALYSIS_FILE", "Activation", "AnalysisContext", "AnalysisError", "Column", "DEFAULT_DEAD_SHARE",
     "DEFAULT_DRAWS", "DEFAULT_THRESHOLDS", "DESTINATION_LABELS", "Destination", "EVALUATORS", "Evaluator",
-    "FORMAT_VERSION", "LoadedRun", "OffCounter", "PRE_RECORD_BN_STATISTICS", "REPORT_TABLES", "ablation",
-    "add_subcommand", "affine_values", "analysis_options", "analyze_model", "analyze_run", "channels",
+    "FORMAT_VERSION", "LoadedRun", "OffCounter", "PRE_RECORD_BN_STATISTICS", "REPORT_TABLES", "WeightsAbsent",
+    "ablation", "add_subcommand", "affine_values", "analysis_options", "analyze_model", "analyze_run", "channels",
     "column_values", "describe", "destination_label", "destinations", "evaluator", "feature_count", "finished_runs",
     "fraction_below", "is_normalizer", "is_relu_like", "load_trained", "migrate", "norm_kind", "norm_layers",
     "normalizer_name", "norms_word", "not_applicable_column", "parse_thresholds", "plot_run", "pyplot",

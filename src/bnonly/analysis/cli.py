@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
-from .errors import AnalysisError
+from .errors import AnalysisError, WeightsAbsent
 from .evaluators import DEFAULT_DEAD_SHARE, DEFAULT_DRAWS, DEFAULT_THRESHOLDS, EVALUATORS
 from .runs import ANALYSIS_FILE, analyze_run, finished_runs
 from .stats import threshold_key
@@ -43,10 +44,15 @@ def cmd_analyze(args) -> int:
                 raise AnalysisError(f"{p} is neither a run folder nor a folder holding finished runs")
             paths.extend(found)
     for p in paths:
-        result = analyze_run(p, thresholds=thresholds, dead_share=args.dead_share, draws=args.draws, seed=args.seed,
-                             data=args.data, device=args.device, threads=args.threads, figures=args.figures,
-                             force=args.force)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", WeightsAbsent)
+            result = analyze_run(p, thresholds=thresholds, dead_share=args.dead_share, draws=args.draws,
+                                 seed=args.seed, data=args.data, device=args.device, threads=args.threads,
+                                 figures=args.figures, force=args.force)
         print(summary_line(result))
+        for w in caught:
+            if issubclass(w.category, WeightsAbsent):
+                print(f"  note: {w.message}")
         print(f"  -> {p / ANALYSIS_FILE}")
     return 0
 

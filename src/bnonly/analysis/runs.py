@@ -10,6 +10,7 @@ next ``bnonly analyze`` (its γ/β section is kept).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..data import DataError, make_batches
 from ..models import create_model
 from ..rundir import RunDir, atomic_write_json, read_json
 from ..training import open_data, resolve_device
-from .errors import AnalysisError
+from .errors import AnalysisError, WeightsAbsent
 from .evaluators import (
     DEFAULT_DEAD_SHARE,
     DEFAULT_DRAWS,
@@ -160,7 +161,17 @@ def analyze_run(path: str | Path, *, thresholds=DEFAULT_THRESHOLDS, dead_share: 
     options = analysis_options(thresholds, dead_share, draws, seed)
     existing = None if force else read_analysis(run.path)
     kept = existing["sections"] if existing else {}
-    if existing and not stale_sections(kept, options):
+    stale = stale_sections(kept, options)
+    if existing and not stale:
+        return existing
+    if not run.final_weights.exists():
+        # A run kept as its small files (a results/ folder, weights left behind): nothing to measure.
+        if existing is None:
+            raise AnalysisError(f"{run.path} has no final.pt (its trained weights) and no analysis.json: it can be "
+                                "analysed only where its weights are (the machine or folder it trained in)")
+        warnings.warn(f"{run.path}: kept its analysis.json as it is; section(s) {', '.join(stale)} are out of date "
+                      "or missing, and the run's weights (final.pt) are not here to redo them", WeightsAbsent,
+                      stacklevel=2)
         return existing
     loaded = load_trained(path, data=data, device=device, threads=threads)
     cfg = loaded.cfg
