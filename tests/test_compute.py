@@ -125,3 +125,19 @@ def test_models_with_a_plain_groupnorm_train_in_nchw_on_the_cpu():
     assert nchw_only_reason(plain, torch.device("cuda"), "mine") is None
     # bnonly's GroupNorm ResNets use GroupNorm2d, which sidesteps the crash: channels_last stays.
     assert nchw_only_reason(create_model("cifar_resnet_8_8_gn4", 4, device="meta"), torch.device("cpu"), "gn") is None
+
+
+def test_usable_cores_follow_the_affinity_mask_not_the_machine(monkeypatch):
+    """A process pinned to 3 of 64 cores (taskset, a Slurm allocation) sizes its threads and
+    workers by the 3: the sweep's per-job threads and the benchmark's thread candidates alike."""
+    from bnonly import bench, host
+    from bnonly.sweep import LocalSweep
+
+    monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {5, 9, 17})
+    monkeypatch.setattr(host.os, "cpu_count", lambda: 64)
+    assert host.usable_cores() == 3
+    assert LocalSweep([], jobs=2, log=lambda *_: None).threads == 1
+    assert LocalSweep([], jobs=1, log=lambda *_: None).threads == 3
+    assert bench._thread_candidates() == [1, 2, 3]
+    monkeypatch.delattr(host.os, "sched_getaffinity")  # platforms without affinity masks
+    assert host.usable_cores() == 64

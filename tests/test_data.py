@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import bnonly.data as data
+from bnonly import host
 from bnonly.data import ArrayDataset, DataError, make_batches, open_dataset
 from bnonly.data import batches as batches_mod
 from bnonly.data import cifar as cifar_mod
@@ -506,7 +507,7 @@ def test_stream_workers_are_capped_at_the_usable_cores(tmp_path, monkeypatch):
     batches are the same whatever the count: each item is seeded by its index."""
     _write_png_folder(tmp_path / "imgs", per_class=(4, 2), size=(48, 48))
     src = open_dataset(str(tmp_path / "imgs"), stream=True, crop_size=32)
-    monkeypatch.setattr(batches_mod.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {0, 1})
 
     def epoch(workers):
         b = make_batches(src.train, batch_size=4, train=True, augment="auto", normalize="none", seed=3,

@@ -48,6 +48,7 @@ from .config import above, at_least
 from .data import ArrayDataset
 from .data.batches import CIFAR_PAD, NORMALIZATIONS
 from .errors import BnonlyError
+from .host import usable_cores
 from .models import create_model
 from .rundir import RunDir
 from .trainable import configure, trainable_parameters
@@ -360,8 +361,7 @@ def profile_step(p: Pipeline, device: torch.device, top: int = 12) -> dict:
 # --- the benchmark ----------------------------------------------------------------------------
 
 def _thread_candidates() -> list[int]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return list(range(1, cores + 1))
+    return list(range(1, usable_cores() + 1))
 
 
 def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: bool = True, unfused: bool = False,
@@ -452,8 +452,7 @@ def packed(cfg: cfgmod.TrainConfig, runs: int, *, seconds: float = 20.0, warmup:
     measured in the same call. Every process warms up first; the timed windows start together."""
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cfg = cfg.replace(threads=max(1, cores // runs))  # K processes share the cores, as a sweep splits them
+        cfg = cfg.replace(threads=max(1, usable_cores() // runs))  # K processes share the cores, as a sweep splits them
     result = dict(model=cfg.model, train=cfg.train, batch_size=cfg.batch_size, device=str(device),
                   device_name=_device_name(device), runs=runs, seconds=seconds, threads=cfg.threads)
     for label, k in (("alone", 1), ("packed", runs)):

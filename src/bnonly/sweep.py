@@ -32,6 +32,7 @@ import torch
 
 from . import config as cfgmod
 from .errors import EXIT_INTERRUPTED, EXIT_LOCKED, BnonlyError, Interrupted, RunLocked
+from .host import usable_cores
 from .rundir import RunDir
 from .training import STOP_SIGNALS, train
 
@@ -185,8 +186,7 @@ class LocalSweep:
         if jobs < 1:
             raise SweepError(f"--jobs must be at least 1, got {jobs}")
         self.cfgs, self.jobs, self.retry_failed, self.log = cfgs, jobs, retry_failed, log
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.threads = max(1, cpus // jobs)
+        self.threads = max(1, usable_cores() // jobs)
         self.gpus = gpu_count()
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["bnonly.training"])

@@ -8,7 +8,6 @@ batch ``b`` gives the single-process batch ``b``. ``batch_size`` is always the g
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..host import usable_cores
 from .arrays import ArrayDataset
 from .stream import FolderSplit
 
@@ -251,14 +251,6 @@ class _StreamItems(torch.utils.data.Dataset):
         index, epoch = item
         rng = item_rng(self.seed, epoch, index) if self.augment else None
         return self.split.load(index, rng), int(self.split.labels[index])
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # platforms without affinity masks
-        return os.cpu_count() or 1
 
 
 class StreamBatches:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..host import default_cache_dir
+from ..host import default_cache_dir, usable_cores
 from .arrays import ArrayDataset
 from .errors import DataError
 
@@ -155,7 +155,7 @@ def _decode_chunk(args: tuple[str, list[str], tuple[int, int]]) -> np.ndarray:
 def decode_images(root: Path, names: list[str], size: tuple[int, int], workers: int | None = None) -> np.ndarray:
     """Decode ``names`` (all ``size`` = (width, height)) into uint8 N x 3 x H x W, in parallel."""
     chunks = [(str(root), names[i:i + _CHUNK], size) for i in range(0, len(names), _CHUNK)]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     if len(names) < _PARALLEL_MIN or workers == 1:
         parts = [_decode_chunk(c) for c in chunks]
     else:
