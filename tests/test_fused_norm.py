@@ -317,3 +317,48 @@ def test_every_model_family_calls_the_kernel_where_it_should(monkeypatch):
         model(torch.randn(shape))
         assert (calls.count(False), calls.count(True)) == (relu_only, with_add), name
     compute.Capabilities  # noqa: B018 (the module is part of what this file tests)
+
+
+def test_a_kernel_built_from_another_source_stands_in_inside_using_only():
+    """benchmarks/norm_act_bandwidth.py --against REV times another revision's kernel in the same
+    process: fused_norm.build compiles a source, fused_norm.using runs the fused path on it."""
+    from importlib import resources
+
+    source = resources.files("bnonly").joinpath(fused_norm.SOURCE).read_bytes()
+    own = fused_norm.library()
+    other = fused_norm.build(source.replace(b"namespace {", b"// another revision\nnamespace {", 1))
+    assert other is not own and other._name != own._name  # a library of its own, not the cached one
+    x, r, _, (gamma, beta) = _inputs(torch.bfloat16, torch.channels_last, residual=True)
+    bn = nn.BatchNorm2d(x.shape[1])
+    fused_norm.enable(bn)
+    with torch.no_grad():
+        bn.weight.copy_(gamma)
+        bn.bias.copy_(beta)
+    expected = fused_norm.norm_act(bn, nn.ReLU(), x, r)
+    with fused_norm.using(other):
+        assert fused_norm.library() is other
+        assert torch.equal(fused_norm.norm_act(bn, nn.ReLU(), x, r), expected)  # the same source, bit for bit
+    assert fused_norm.library() is own
+
+
+def test_the_bandwidth_benchmark_times_both_revisions(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "r.jsonl"
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "norm_act_bandwidth.py"), "--shape", "4,8,6,6",
+                           "--reps", "2", "--rounds", "1", "--threads", "1", "--against", "HEAD", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["shape"] == [4, 8, 6, 6] and result["tensor_MB"] == round(4 * 8 * 6 * 6 * 2 / 1e6, 2)
+    cases = result["cases"]
+    assert list(cases) == ["copy", "forward", "forward+residual", "backward", "backward+residual"]
+    assert "old" not in cases["copy"] and all(c["new"]["ms"] > 0 and c["old"]["ms"] > 0 and c["new_over_old"] > 0
+                                              for name, c in cases.items() if name != "copy")
+    assert cases["copy"]["new"]["of_copy"] == 1.0
+    bad = subprocess.run([sys.executable, str(repo / "benchmarks" / "norm_act_bandwidth.py"), "--shape", "4,8"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "expected four positive integers N,C,H,W" in bad.stderr

@@ -25,6 +25,7 @@ source, flags and CPU in about a second, into ``$BNONLY_CACHE/fused`` (default
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -87,17 +88,38 @@ def library() -> ctypes.CDLL | None:
         _failure = "no C++ compiler found (install g++, or set $CXX)"
         return None
     try:
-        path = _build(cxx, resources.files("bnonly").joinpath(SOURCE).read_bytes(), default_cache_dir() / "fused")
-        lib = ctypes.CDLL(str(path))
+        _library = build(resources.files("bnonly").joinpath(SOURCE).read_bytes(), cxx)
     except OSError as e:
         _failure = str(e)
-        return None
+    return _library
+
+
+def build(source: bytes, cxx: str | None = None) -> ctypes.CDLL:
+    """The kernel compiled from ``source`` (the text of a ``norm_act.cpp``) and loaded; cached like
+    the package's own. :func:`library` uses it; ``benchmarks/norm_act_bandwidth.py --against REV``
+    loads another revision's source beside it, to time the two in one process."""
+    cxx = cxx or _compiler()
+    if cxx is None:
+        raise OSError("no C++ compiler found (install g++, or set $CXX)")
+    lib = ctypes.CDLL(str(_build(cxx, source, default_cache_dir() / "fused")))
     p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.bnonly_norm_act_forward.argtypes = [i, p, p, p, p, ctypes.c_double, p, p, p, p, i64, i64, i64, i, i, i]
     lib.bnonly_norm_act_backward.argtypes = [i, p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i, i, i]
     lib.bnonly_norm_act_forward.restype = lib.bnonly_norm_act_backward.restype = None
-    _library = lib
     return lib
+
+
+@contextlib.contextmanager
+def using(lib: ctypes.CDLL):
+    """Run the fused path on ``lib`` (from :func:`build`) inside the block: for timing two kernel
+    sources against each other in one process."""
+    global _library
+    library()
+    before, _library = _library, lib
+    try:
+        yield lib
+    finally:
+        _library = before
 
 
 def unavailable_reason() -> str | None:

@@ -75,10 +75,12 @@ inline void for_tiles(const Shape& sh, int64_t k, F f) {
 // The per-channel sums from the partials: chunk k's tile-long (cl) or single (NCHW, chunk = plane) values.
 void fold(const Shape& sh, const std::vector<float>& p, std::vector<double>& out) {
   out.assign(sh.C, 0.0);
-  if (sh.cl) {
-    const int64_t T = sh.tile();
+  if (sh.cl) {  // value j of a tile is channel j % C: rows of C, without a division per value
+    const int64_t T = sh.tile(), C = sh.C;
+    double* __restrict o = out.data();
     for (int64_t k = 0; k < sh.chunks(); ++k)
-      for (int64_t j = 0; j < T; ++j) out[j % sh.C] += p[k * T + j];
+      for (int64_t j = 0; j < T; j += C)
+        for (int64_t c = 0; c < C; ++c) o[c] += p[k * T + j + c];
   } else {
     for (int64_t k = 0; k < sh.chunks(); ++k) out[k % sh.C] += p[k];
   }
