@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def measure(shape: tuple[int, ...], dtype: torch.dtype, threads: int, reps: int,
         for (k, name), values in seconds.items():
             with fused_norm.using(kernels[k]):
                 values.append(cases[name]())
-    tensor_bytes = torch.empty(shape, dtype=dtype).nbytes
+    tensor_bytes = math.prod(shape) * dtype.itemsize
     copy_gbs = PASSES["copy"] * tensor_bytes / statistics.median(seconds["new", "copy"]) / 1e9
     rows = {}
     for (k, name), values in seconds.items():

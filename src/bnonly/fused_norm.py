@@ -83,13 +83,9 @@ def library() -> ctypes.CDLL | None:
     global _library, _failure
     if _library is not None or _failure is not None:
         return _library
-    cxx = _compiler()
-    if cxx is None:
-        _failure = "no C++ compiler found (install g++, or set $CXX)"
-        return None
     try:
-        _library = build(resources.files("bnonly").joinpath(SOURCE).read_bytes(), cxx)
-    except OSError as e:
+        _library = build(resources.files("bnonly").joinpath(SOURCE).read_bytes())
+    except OSError as e:  # no compiler, or it failed: the message says which
         _failure = str(e)
     return _library
 
