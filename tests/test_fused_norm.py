@@ -86,6 +86,33 @@ def test_the_kernel_is_as_exact_as_the_plain_modules(dtype, fmt, residual, affin
     assert fused[0].is_contiguous(memory_format=fmt) and fused[0].dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
+@pytest.mark.parametrize("channels", [3, 24, 40, 300])
+def test_channel_counts_off_the_fold_width_are_exact(dtype, channels):
+    """The per-chunk fold sums 16 channels at a time (csrc/norm_act.cpp, FOLD_LANES): fewer, a
+    partial last group, several groups, and a tile of one row (C > 256) must all sum right."""
+    x, r, dy, gb = _inputs(dtype, torch.channels_last, True, shape=(4, channels, 5, 7), seed=channels)
+    ref, plain, fused = (_run(k, x, r, dy, gb) for k in ("reference", "plain", "fused"))
+    for name, p, f, q in zip(["y", "dx", "dgamma", "dbeta", "running_mean", "running_var"], plain, fused, ref):
+        err, plain_err = _rel(f, q), _rel(p, q)
+        assert err <= max(TOLERANCE[dtype], 1.5 * plain_err), (name, err, plain_err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS)
+def test_a_nan_stays_a_nan_as_in_the_plain_modules(dtype, fmt):
+    """A NaN in x makes its channel's statistics, so the whole channel, NaN; torch.relu keeps it,
+    and so must the kernel (a ReLU that zeroed it would hide a diverging run from the loss check)."""
+    x, r, dy, gb = _inputs(dtype, fmt, True)
+    x[3, 2, 1, 4] = float("nan")
+    r[5, 6, 2, 2] = float("nan")
+    plain, fused = (_run(k, x, r, dy, gb) for k in ("plain", "fused"))
+    for name, p, f in zip(["y", "dx", "dgamma", "dbeta", "running_mean", "running_var", "dresidual"], plain, fused):
+        assert torch.equal(f.isnan(), p.isnan()), name
+    y = fused[0]
+    assert y[:, 2].isnan().all() and y[5, 6, 2, 2].isnan() and y.isnan().sum() == y[:, 2].numel() + 1
+
+
 def test_the_relu_mask_is_exactly_the_forwards():
     """Without a residual the backward recomputes the mask from x: no gradient may pass where the
     forward output was zero, and every one where it was positive."""

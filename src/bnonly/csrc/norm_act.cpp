@@ -20,6 +20,7 @@
 //           residual the mask is recomputed from x with the forward's very expression.
 // Build with -ffp-contract=off so that expression rounds identically in both passes.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -35,15 +36,23 @@ inline float ld(const uint16_t* p, int64_t i) {
   return f;
 }
 inline void st(float* p, int64_t i, float v) { p[i] = v; }
-inline void st(uint16_t* p, int64_t i, float v) {  // round to nearest even, NaN stays NaN
+// Round to nearest even. No select for NaN: a NaN made by arithmetic is quiet, and its bits
+// below the top 16 are zero (the CPU's default NaN, or one carried from a bf16 input), so it
+// rounds to a NaN; only a hand-made float32 NaN with a full upper mantissa and a set low half
+// would carry into the sign. A NaN select here cost the vectorized loops a third of their time
+// (mask-register operations on the 16-bit values, benchmarks/norm_act_bandwidth.py).
+inline void st(uint16_t* p, int64_t i, float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
-  uint16_t r = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  p[i] = (v != v) ? uint16_t(0x7FC0) : r;
+  p[i] = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
+
+// ReLU that keeps a NaN a NaN, as torch.relu does (a -0 stays -0, where torch gives +0: the same value).
+inline float relu(float v) { return v < 0.0f ? 0.0f : v; }
 
 constexpr int64_t TILE_VALUES = 256;  // channels_last: values per tile (whole rows, at least one)
 constexpr int64_t TILES_PER_CHUNK = 16;
+constexpr int64_t FOLD_LANES = 16;   // channels folded at once (two AVX-512 vectors of doubles)
 
 struct Shape {
   int64_t N, C, S;
@@ -72,18 +81,67 @@ inline void for_tiles(const Shape& sh, int64_t k, F f) {
   for (int64_t r = r0; r < r1; r += sh.tile_rows()) f(r * sh.C, std::min(sh.tile_rows(), r1 - r) * sh.C);
 }
 
-// The per-channel sums from the partials: chunk k's tile-long (cl) or single (NCHW, chunk = plane) values.
-void fold(const Shape& sh, const std::vector<float>& p, std::vector<double>& out) {
-  out.assign(sh.C, 0.0);
-  if (sh.cl) {  // value j of a tile is channel j % C: rows of C, without a division per value
-    const int64_t T = sh.tile(), C = sh.C;
-    double* __restrict o = out.data();
-    for (int64_t k = 0; k < sh.chunks(); ++k)
-      for (int64_t j = 0; j < T; j += C)
-        for (int64_t c = 0; c < C; ++c) o[c] += p[k * T + j + c];
-  } else {
-    for (int64_t k = 0; k < sh.chunks(); ++k) out[k % sh.C] += p[k];
+typedef double double8 __attribute__((vector_size(64)));  // GCC/Clang vectors: any ISA
+typedef float float8 __attribute__((vector_size(32)));
+
+inline double8 widen(const float* p) {
+  float8 f;
+  std::memcpy(&f, p, sizeof f);
+  return __builtin_convertvector(f, double8);
+}
+
+// Scratch kept by the calling thread between calls. Allocated per call, the chunks' sums were
+// large enough for glibc to map and unmap them each time, and with two threads the page faults
+// and TLB shootdowns cost more than the statistics pass itself.
+std::vector<double>& scratch(int which) {
+  thread_local std::vector<double> s[2];
+  return s[which];
+}
+
+// Per-channel sums of two quantities over all values, in double, in an order fixed by the shape
+// alone (not by the thread count). chunk(k, t1, t2) adds chunk k's values into two zeroed
+// partial() arrays (channels_last: tile-long, value j is channel j % C; NCHW: one value for the
+// plane k, channel k % C); each chunk's arrays are folded to its channels' doubles inside the
+// parallel region, and the chunks' doubles are then summed in chunk order.
+template <typename F>
+void chunk_sums(const Shape& sh, int threads, F chunk, std::vector<double>& s1, std::vector<double>& s2) {
+  const int64_t C = sh.C, K = sh.chunks(), P = sh.partial(), Q = sh.cl ? C : 1;  // Q: channels per chunk
+  std::vector<double>& q1 = scratch(0);
+  std::vector<double>& q2 = scratch(1);
+  q1.resize(K * Q);
+  q2.resize(K * Q);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<float> t1(P + FOLD_LANES, 0.0f), t2(P + FOLD_LANES, 0.0f);  // padded: the fold reads whole lanes
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < K; ++k) {
+      std::fill(t1.begin(), t1.begin() + P, 0.0f);
+      std::fill(t2.begin(), t2.begin() + P, 0.0f);
+      chunk(k, t1.data(), t2.data());
+      // Rows of Q summed in order, FOLD_LANES channels at a time in vector accumulators (in
+      // registers: accumulated in memory, each row waited for the previous row's store).
+      for (int64_t c0 = 0; c0 < Q; c0 += FOLD_LANES) {
+        double8 a1[2] = {}, a2[2] = {};
+        for (int64_t j = c0; j < P; j += Q)  // lanes past channel Q-1 read the next row: dropped
+          for (int h = 0; h < 2; ++h) {
+            a1[h] += widen(&t1[j + 8 * h]);
+            a2[h] += widen(&t2[j + 8 * h]);
+          }
+        for (int64_t l = 0; l < FOLD_LANES && c0 + l < Q; ++l) {
+          q1[k * Q + c0 + l] = a1[l / 8][l % 8];
+          q2[k * Q + c0 + l] = a2[l / 8][l % 8];
+        }
+      }
+    }
   }
+  s1.assign(C, 0.0);
+  s2.assign(C, 0.0);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < Q; ++c) {
+      const int64_t ch = sh.cl ? c : k % C;
+      s1[ch] += q1[k * Q + c];
+      s2[ch] += q2[k * Q + c];
+    }
 }
 
 // Per-channel coefficients of the forward transform y = x*a + b (+ r).
@@ -109,35 +167,33 @@ inline void sums(const T* __restrict x, const float* __restrict shift, float* __
 
 template <typename T>
 void stats(const T* x, const Shape& sh, double eps, float* mean, float* var, float* invstd, int threads) {
-  const int64_t C = sh.C, K = sh.chunks(), P = sh.partial();
-  std::vector<float> shift(C), p1(K * P, 0.0f), p2(K * P, 0.0f);
+  const int64_t C = sh.C;
+  std::vector<float> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = ld(x, sh.cl ? c : c * sh.S);  // first value: sums stay small
   const std::vector<float> shift_t = tiled(sh, shift);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t k = 0; k < K; ++k) {
+  std::vector<double> s1, s2;
+  chunk_sums(sh, threads, [&](int64_t k, float* t1, float* t2) {
     if (sh.cl) {
-      for_tiles(sh, k, [&](int64_t o, int64_t n) { sums(x + o, shift_t.data(), &p1[k * P], &p2[k * P], n); });
+      for_tiles(sh, k, [&](int64_t o, int64_t n) { sums(x + o, shift_t.data(), t1, t2, n); });
     } else {
       const T* __restrict plane = x + k * sh.S;
       const float s0 = shift[k % C];
-      float s1 = 0.0f, s2 = 0.0f;
-#pragma omp simd reduction(+ : s1, s2)
+      float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
       for (int64_t s = 0; s < sh.S; ++s) {
         float v = ld(plane, s) - s0;
-        s1 += v;
-        s2 += v * v;
+        a1 += v;
+        a2 += v * v;
       }
-      p1[k] = s1;
-      p2[k] = s2;
+      t1[0] = a1;
+      t2[0] = a2;
     }
-  }
-  std::vector<double> s1, s2;
-  fold(sh, p1, s1);
-  fold(sh, p2, s2);
+  }, s1, s2);
   const double M = double(sh.M());
   for (int64_t c = 0; c < C; ++c) {
     double m = s1[c] / M;
-    double v = std::max(0.0, s2[c] / M - m * m);
+    double v = s2[c] / M - m * m;
+    v = v < 0.0 ? 0.0 : v;  // not std::max, which would turn a NaN into 0
     mean[c] = float(m + shift[c]);
     var[c] = float(v);
     invstd[c] = float(1.0 / std::sqrt(v + eps));
@@ -151,7 +207,7 @@ inline void transform(const T* __restrict x, const T* __restrict r, const float*
   for (int64_t j = 0; j < n; ++j) {
     float v = ld(x, j) * a[j] + b[j];
     if (RES) v += ld(r, j);
-    st(y, j, RELU ? (v > 0.0f ? v : 0.0f) : v);
+    st(y, j, RELU ? relu(v) : v);
   }
 }
 
@@ -175,7 +231,7 @@ void apply(const T* x, const T* r, const std::vector<float>& a, const std::vecto
       for (int64_t s = 0; s < sh.S; ++s) {
         float v = ld(xp, s) * ac + bc;
         if (RES) v += ld(rp, s);
-        st(yp, s, RELU ? (v > 0.0f ? v : 0.0f) : v);
+        st(yp, s, RELU ? relu(v) : v);
       }
     }
   }
@@ -216,18 +272,18 @@ inline void grad_input(const T* __restrict dy, const T* __restrict y, const T* _
 template <bool RELU, bool FROM_Y, bool WRITE_G, typename T>
 void backward_impl(const T* dy, const T* y, const T* x, const float* gamma, const float* beta, const float* mean,
                    const float* invstd, T* g_out, T* dx, float* dgamma, float* dbeta, const Shape& sh, int threads) {
-  const int64_t C = sh.C, K = sh.chunks(), P = sh.partial(), S = sh.S;
-  std::vector<float> a, b, p1(K * P, 0.0f), p2(K * P, 0.0f);
+  const int64_t C = sh.C, K = sh.chunks(), S = sh.S;
+  std::vector<float> a, b;
   coefficients(sh, gamma, beta, mean, invstd, a, b);
   const std::vector<float> mean_v(mean, mean + C);
   const std::vector<float> at = tiled(sh, a), bt = tiled(sh, b), mt = tiled(sh, mean_v);
   // Pass 1: Σg and Σg(x - mean) per channel; g written out when there is a residual.
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t k = 0; k < K; ++k) {
+  std::vector<double> s1, s2;
+  chunk_sums(sh, threads, [&](int64_t k, float* t1, float* t2) {
     if (sh.cl) {
       for_tiles(sh, k, [&](int64_t o, int64_t n) {
         grad_sums<RELU, FROM_Y, WRITE_G>(dy + o, FROM_Y ? y + o : nullptr, x + o, at.data(), bt.data(), mt.data(),
-                                         WRITE_G ? g_out + o : nullptr, &p1[k * P], &p2[k * P], n);
+                                         WRITE_G ? g_out + o : nullptr, t1, t2, n);
       });
     } else {
       const int64_t c = k % C, o = k * S;
@@ -236,21 +292,18 @@ void backward_impl(const T* dy, const T* y, const T* x, const float* gamma, cons
       const T* __restrict yp = FROM_Y ? y + o : nullptr;
       const T* __restrict xp = x + o;
       T* __restrict gp = WRITE_G ? g_out + o : nullptr;
-      float s1 = 0.0f, s2 = 0.0f;
-#pragma omp simd reduction(+ : s1, s2)
+      float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
       for (int64_t s = 0; s < S; ++s) {
         float g = masked<RELU, FROM_Y>(dyp, yp, xp, ac, bc, s);
         if (WRITE_G) st(gp, s, g);
-        s1 += g;
-        s2 += g * (ld(xp, s) - mc);
+        a1 += g;
+        a2 += g * (ld(xp, s) - mc);
       }
-      p1[k] = s1;
-      p2[k] = s2;
+      t1[0] = a1;
+      t2[0] = a2;
     }
-  }
-  std::vector<double> s1, s2;
-  fold(sh, p1, s1);
-  fold(sh, p2, s2);
+  }, s1, s2);
   const double M = double(sh.M());
   std::vector<float> kx(C), d(C);
   for (int64_t c = 0; c < C; ++c) {
