@@ -286,8 +286,11 @@ def _collect(source, epoch, start=0):
     return list(source.batches(epoch, start))
 
 
-def test_crop_flip_matches_per_image_reference():
-    split = _array()
+@pytest.mark.parametrize("height, width", [(12, 12), (9, 14)])
+def test_crop_flip_matches_per_image_reference(height, width):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, height, width), generator=g, dtype=torch.uint8)
+    split = ArrayDataset(images, torch.arange(40), [str(i) for i in range(40)])
     src = _batches(split, channels_last=True)
     order, offsets, flips = src.epoch_draws(3)
     got = torch.cat([x for x, _ in src.batches(3)])
@@ -296,7 +299,7 @@ def test_crop_flip_matches_per_image_reference():
     for pos in range(len(got)):
         img = np.pad(split.images[order[pos]].numpy(), ((0, 0), (4, 4), (4, 4)))  # zero padding
         r, c = offsets[pos].tolist()
-        ref = img[:, r:r + 12, c:c + 12]
+        ref = img[:, r:r + height, c:c + width]
         if flips[pos]:
             ref = ref[:, :, ::-1]
         np.testing.assert_array_equal(pixels[pos], ref)

