@@ -90,9 +90,10 @@ inline double8 widen(const float* p) {
   return __builtin_convertvector(f, double8);
 }
 
-// Scratch kept by the calling thread between calls. Allocated per call, the chunks' sums were
-// large enough for glibc to map and unmap them each time, and with two threads the page faults
-// and TLB shootdowns cost more than the statistics pass itself.
+// Scratch kept by the calling thread between calls. Allocated per call, the chunks' sums can be
+// large enough for glibc to map and unmap them each time: in a plain C++ driver at two threads
+// the page faults and TLB shootdowns cost more than the statistics pass itself (a long-running
+// Python process, whose heap has grown, mostly escapes it).
 std::vector<double>& scratch(int which) {
   thread_local std::vector<double> s[2];
   return s[which];
