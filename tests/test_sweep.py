@@ -16,7 +16,7 @@ from bnonly import slurm
 from bnonly.cli import main
 from bnonly.config import ConfigError, from_dict
 from bnonly.rundir import RunDir
-from bnonly.sweep import LocalSweep, SweepError, expand, load_spec, state, status
+from bnonly.sweep import LocalSweep, SweepError, classify, expand, load_spec, state, status
 from bnonly.training import EXIT_INTERRUPTED, EXIT_LOCKED, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +156,27 @@ def test_stopped_and_killed_runs_resume_on_the_next_launch(tmp_path, capsys):
     outcomes = LocalSweep(cfgs, jobs=2, retry_failed=True, log=lambda *_: None).run()
     assert outcomes == {"done": outcomes["done"]} and sorted(outcomes["done"]) == sorted(cfg.run_name for cfg in cfgs)
     assert f"resuming {b.path} at step {steps[1]}/96" in b.log.read_text()
+
+
+DONE = dict(status="done", test_acc=0.5)
+FAILED = dict(status="failed", reason="TrainingFailed: loss is nan")
+
+
+@pytest.mark.parametrize("rc, summary, before, stopping, outcome", [
+    (0, DONE, {}, False, "done"),
+    # A stop signal that reached the process after it wrote its done summary, while it exited: the
+    # run is finished (once, in CI, the campaign's budget stop turned such a run into a failure).
+    (-signal.SIGTERM, DONE, {}, True, "done"),
+    (-signal.SIGKILL, DONE, FAILED, False, "done"),  # a retried run: its new summary counts
+    (EXIT_INTERRUPTED, {}, {}, True, "interrupted"),
+    (-signal.SIGTERM, {}, {}, True, "interrupted"),  # stopped before it had set up its handler
+    (EXIT_LOCKED, {}, {}, False, "running elsewhere"),
+    (1, FAILED, {}, False, "failed"),
+    (-signal.SIGKILL, {}, {}, False, "died"),  # the OOM killer, say: nothing recorded why
+    (-signal.SIGKILL, FAILED, FAILED, False, "died"),  # a retried run killed: the old reason is not why
+])
+def test_a_runs_outcome_follows_from_its_exit_and_its_summary(rc, summary, before, stopping, outcome):
+    assert classify(rc, summary, before, stopping) == outcome
 
 
 def test_slurm_launcher_through_submitit_local_executor(tmp_path, capsys):

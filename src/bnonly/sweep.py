@@ -251,18 +251,37 @@ class LocalSweep:
             self._free.append(slot)
         rc, seconds = proc.exitcode, f"{time.perf_counter() - started:.1f} s"
         summary = run.read_summary() or {}
-        if rc == 0 and summary.get("status") == "done":
+        outcome = classify(rc, summary, before or {}, bool(self.stopping))
+        if outcome == "done":
             return "done", f"test_acc {summary['test_acc']:.4f}  {seconds}"
-        if rc == EXIT_INTERRUPTED or (self.stopping and summary == (before or {})):  # or stopped while starting
+        if outcome == "interrupted":
             return "interrupted", seconds
-        if rc == EXIT_LOCKED:
+        if outcome == "running elsewhere":
             return "running elsewhere", ""
-        if summary == (before or {}) or summary.get("status") != "failed":  # the process died before recording it
+        if outcome == "died":  # the process died before recording why
             why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
             tail = _tail(run.log)
             record_failure(cfg, f"{why}: {tail[-1] if tail else 'no output'}", tail)
             summary = run.read_summary() or {}
         return "failed", f"{summary.get('reason', '?')}  (log: {run.log})"
+
+
+def classify(rc: int, summary: dict, before: dict, stopping: bool) -> str:
+    """What a run's process came to, from its exit code and its summary.json before and after:
+    done, interrupted, running elsewhere, failed (the run recorded why) or died (it did not).
+
+    A done summary is written last, after the final weights, so it decides whatever the exit
+    code: a stop signal that arrives while the process exits (interpreter shutdown takes a
+    moment) kills it with the run finished, and must not turn that run into a failure."""
+    if summary.get("status") == "done" and summary != before:
+        return "done"
+    if rc == EXIT_INTERRUPTED or (stopping and summary == before):  # or stopped while starting
+        return "interrupted"
+    if rc == EXIT_LOCKED:
+        return "running elsewhere"
+    if summary == before or summary.get("status") != "failed":
+        return "died"
+    return "failed"
 
 
 def _child(config: dict, log: str, gpu: str | None, threads: int) -> None:
