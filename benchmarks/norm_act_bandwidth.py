@@ -11,12 +11,18 @@ activation shape in the kernel's layout (channels_last):
   statistics, then x (+ residual) and y), and its backward alone without and with one (5 and 7:
   dy and x, then dy, x and dx; with a residual dy, x and y with g written, then g, x and dx);
 
-each as GB/s of those minimal bytes and as a share of the copy's GB/s. ``--against REV`` builds
+each as GB/s of those minimal bytes and as a share of the copy's GB/s. By default the same tensors
+are used call after call, so they stay in the caches as far as they fit; ``--cold`` evicts them
+before every timed call (by writing a buffer twice the last-level cache), so every case reads its
+inputs from memory, as a training step does with the activations it saved in the forward. The two
+together say whether a case is bound by memory (cold near the copy) or by its own loops (warm
+far from the copy). ``--against REV`` builds
 the kernel source of git revision REV as well and times both in this process, interleaved
 round by round, with the new/old speed ratio per case:
 
     python benchmarks/norm_act_bandwidth.py                       # bf16, 128x16x32x32, all cores
     python benchmarks/norm_act_bandwidth.py --against HEAD~1 --dtype float32 --threads 1 --json r.jsonl
+    python benchmarks/norm_act_bandwidth.py --cold                # inputs from memory, not the caches
 
 The default shape is the first stage of the CIFAR ResNets at batch 128 (their largest activations).
 """
@@ -43,16 +49,45 @@ REPO = Path(__file__).resolve().parent.parent
 PASSES = {"copy": 2, "forward": 3, "forward+residual": 4, "backward": 5, "backward+residual": 7}
 
 
-def _per_call(fn, reps: int) -> float:
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache sysfs lists (32 MiB when it lists none)."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * unit)
+    return max(sizes, default=32 * 2**20)
+
+
+class Evictor:
+    """Evicts every cache before a timed call, by writing a buffer twice the last-level cache."""
+
+    def __init__(self):
+        self.junk = torch.empty(2 * last_level_cache_bytes(), dtype=torch.uint8)
+
+    def __call__(self) -> None:
+        self.junk.add_(1)
+
+
+def _per_call(fn, reps: int, evict=None) -> float:
     fn()  # warm: first-touch pages, the thread pool
-    start = time.perf_counter()
-    for _ in range(reps):
+    if evict is None:  # warm caches: back-to-back calls, timed together
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps
+    times = []
+    for _ in range(reps):  # cold: each call timed alone, after the caches were evicted
+        evict()
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / reps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def _cases(shape: tuple[int, ...], dtype: torch.dtype, reps: int) -> dict:
-    """name -> a function timing one call of that case (seconds)."""
+def _cases(shape: tuple[int, ...], dtype: torch.dtype, reps: int, evict=None) -> dict:
+    """name -> a function timing one call of that case (seconds); ``evict``: called before every
+    timed call (``--cold``)."""
     def tensor():
         return torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
 
@@ -65,6 +100,8 @@ def _cases(shape: tuple[int, ...], dtype: torch.dtype, reps: int) -> dict:
         for t in (xg, rg, norm.weight, norm.bias):  # no accumulation into old gradients: an extra pass
             t.grad = None
         y = fused_norm.norm_act(norm, act, xg, res)
+        if evict is not None:
+            evict()
         start = time.perf_counter()
         y.backward(dy)
         return time.perf_counter() - start
@@ -75,9 +112,9 @@ def _cases(shape: tuple[int, ...], dtype: torch.dtype, reps: int) -> dict:
 
     def forward(res) -> float:
         with torch.no_grad():
-            return _per_call(lambda: fused_norm.norm_act(norm, act, x, res), reps)
+            return _per_call(lambda: fused_norm.norm_act(norm, act, x, res), reps, evict)
 
-    return {"copy": lambda: _per_call(lambda: out.copy_(x), reps),
+    return {"copy": lambda: _per_call(lambda: out.copy_(x), reps, evict),
             "forward": lambda: forward(None), "forward+residual": lambda: forward(residual),
             "backward": lambda: backward(None), "backward+residual": lambda: backward(rg)}
 
@@ -91,13 +128,13 @@ def old_source(rev: str) -> bytes:
 
 
 def measure(shape: tuple[int, ...], dtype: torch.dtype, threads: int, reps: int, rounds: int,
-            against: str | None = None) -> dict:
+            against: str | None = None, cold: bool = False) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     if fused_norm.unavailable_reason():
         sys.exit(f"the fused kernel is not available here: {fused_norm.unavailable_reason()}")
     kernels = {"new": fused_norm.library()} | ({"old": fused_norm.build(old_source(against))} if against else {})
-    cases = _cases(shape, dtype, reps)
+    cases = _cases(shape, dtype, reps, Evictor() if cold else None)
     seconds = {(k, name): [] for k in kernels for name in cases if k == "new" or name != "copy"}
     for _ in range(rounds):  # interleaved, so a change of load slows every case alike
         for (k, name), values in seconds.items():
@@ -116,6 +153,7 @@ def measure(shape: tuple[int, ...], dtype: torch.dtype, threads: int, reps: int,
             row["new_over_old"] = round(row["old"]["ms"] / row["new"]["ms"], 3)
     return {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "threads": threads,
             "tensor_MB": round(tensor_bytes / 1e6, 2), "reps": reps, "rounds": rounds, "against": against,
+            "caches": "cold" if cold else "warm",
             "passes": PASSES, "cases": rows}
 
 
@@ -128,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     p.add_argument("--against", metavar="REV", default=None,
                    help="also time the kernel source of this git revision, interleaved")
+    p.add_argument("--cold", action="store_true",
+                   help="evict the caches before every timed call: inputs come from memory")
     p.add_argument("--json", default=None, help="append the result as one JSON line here")
     args = p.parse_args(argv)
     try:
@@ -137,8 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     if len(shape) != 4 or min(shape) < 1:
         p.error(f"--shape {args.shape!r}: expected four positive integers N,C,H,W, e.g. 128,16,32,32")
     r = measure(shape, getattr(torch, args.dtype), args.threads or usable_cores(), args.reps, args.rounds,
-                args.against)
-    print(f"shape {r['shape']} {r['dtype']} channels_last, {r['threads']} threads, {r['tensor_MB']} MB a tensor")
+                args.against, args.cold)
+    print(f"shape {r['shape']} {r['dtype']} channels_last, {r['threads']} threads, {r['tensor_MB']} MB a tensor, "
+          f"{r['caches']} caches")
     head = f"{'case':<19}{'passes':>7}{'ms':>9}{'GB/s':>9}{'of copy':>9}"
     print(head + (f"  | {'old ms':>8}{'GB/s':>9}{'of copy':>9}{'new/old':>9}" if args.against else ""))
     for name, row in r["cases"].items():

@@ -385,7 +385,13 @@ def test_the_bandwidth_benchmark_times_both_revisions(tmp_path):
     assert list(cases) == ["copy", "forward", "forward+residual", "backward", "backward+residual"]
     assert "old" not in cases["copy"] and all(c["new"]["ms"] > 0 and c["old"]["ms"] > 0 and c["new_over_old"] > 0
                                               for name, c in cases.items() if name != "copy")
-    assert cases["copy"]["new"]["of_copy"] == 1.0
+    assert cases["copy"]["new"]["of_copy"] == 1.0 and result["caches"] == "warm"
+    cold = subprocess.run([sys.executable, str(repo / "benchmarks" / "norm_act_bandwidth.py"), "--shape", "4,8,6,6",
+                           "--reps", "1", "--rounds", "1", "--threads", "1", "--cold", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert cold.returncode == 0 and "cold caches" in cold.stdout, cold.stderr[-2000:]
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["caches"] == "cold" and all(c["new"]["ms"] > 0 for c in result["cases"].values())
     bad = subprocess.run([sys.executable, str(repo / "benchmarks" / "norm_act_bandwidth.py"), "--shape", "4,8"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected four positive integers N,C,H,W" in bad.stderr
