@@ -494,7 +494,9 @@ def fig_gamma_histograms(plt, df, analyses, colors, path: Path, norms: str = "BN
 
 
 def _group_label(row) -> str:
-    return f"{row['model']}\n{_label(row['train'], row['variant'])}"
+    """A bar group's tick label: model, spec and variant on lines of their own (on one line, a
+    variant such as ``[precision=float32]`` runs into the next group's label)."""
+    return f"{row['model']}\n{row['train']}" + (f"\n[{row['variant']}]" if row["variant"] else "")
 
 
 def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path, relu_bns: bool = True) -> Path | None:
