@@ -337,8 +337,8 @@ def aggregate(df, columns: list[ReportColumn]):
 
 # --- figures ---------------------------------------------------------------------------------
 
-def _label(train: str, variant: str) -> str:
-    return f"{train} [{variant}]" if variant else train
+def _label(train: str, variant: str, sep: str = " ") -> str:
+    return f"{train}{sep}[{variant}]" if variant else train
 
 
 def _colors(groups) -> dict[str, str]:
@@ -496,7 +496,7 @@ def fig_gamma_histograms(plt, df, analyses, colors, path: Path, norms: str = "BN
 def _group_label(row) -> str:
     """A bar group's tick label: model, spec and variant on lines of their own (on one line, a
     variant such as ``[precision=float32]`` runs into the next group's label)."""
-    return f"{row['model']}\n{row['train']}" + (f"\n[{row['variant']}]" if row["variant"] else "")
+    return row["model"] + "\n" + _label(row["train"], row["variant"], sep="\n")
 
 
 def fig_disabled(plt, groups, thresholds: list[str], dead_shares, path: Path, relu_bns: bool = True) -> Path | None:
