@@ -37,7 +37,8 @@ def test_a_run_trained_next_to_another_ends_as_it_does_alone(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), cfg.seed
 
 
-def test_bench_runs_measures_the_aggregate_of_k_runs_against_one(tmp_path, capsys):
+def test_bench_runs_measures_the_aggregate_of_k_runs_against_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bnonly.bench.usable_cores", lambda: 2)  # two runs at one thread, one run at two
     out = tmp_path / "packed.jsonl"
     assert main(["bench", "--model", "cifar_resnet_8_8", "--data", TINY["data"], "--batch-size", "16", "--device",
                  "cpu", "--runs", "2", "--seconds", "1", "--warmup", "1", "--quiet", "--json", str(out)]) == 0
@@ -47,6 +48,9 @@ def test_bench_runs_measures_the_aggregate_of_k_runs_against_one(tmp_path, capsy
     assert all(rate > 0 for rate in r["alone"]["per_run"] + r["packed"]["per_run"])
     assert r["packed"]["aggregate"] == pytest.approx(sum(r["packed"]["per_run"]), abs=0.2)
     assert r["factor"] == pytest.approx(r["packed"]["aggregate"] / r["alone"]["aggregate"], abs=0.01)
+    # ... and against one run on every core: what a CPU sweep's --jobs decides between
+    assert r["threads"] == 1 and r["wide_threads"] == 2 and len(r["wide"]["per_run"]) == 1
+    assert r["factor_vs_wide"] == pytest.approx(r["packed"]["aggregate"] / r["wide"]["aggregate"], abs=0.01)
     with pytest.raises(SystemExit) as exit_:  # argparse refuses it (tests/test_validation.py)
         main(["bench", "--runs", "0", "--device", "cpu"])
     assert exit_.value.code == 2

@@ -448,18 +448,29 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
 
 def packed(cfg: cfgmod.TrainConfig, runs: int, *, seconds: float = 20.0, warmup: int = 5, log=print) -> dict:
     """Aggregate training img/s of ``runs`` copies of ``cfg``'s fast path at once, one process each
-    on the same device (what ``bnonly sweep --runs-per-gpu`` does), against one copy alone,
-    measured in the same call. Every process warms up first; the timed windows start together."""
+    on the same device (what ``bnonly sweep --runs-per-gpu``, or ``--jobs`` on a CPU, does), against
+    one copy alone, measured in the same call. Every process warms up first; the timed windows start
+    together. On a CPU where the copies get fewer threads than there are cores, one copy at every
+    core is measured too (``wide``, ``factor_vs_wide``): whether a sweep of K runs at cores/K threads
+    each gets more done than one run at a time on all of them (each OpenMP region of a lone
+    many-threaded run waits for its slowest thread, and its serial parts leave cores idle)."""
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads is None:
         cfg = cfg.replace(threads=max(1, usable_cores() // runs))  # K processes share the cores, as a sweep splits them
     result = dict(model=cfg.model, train=cfg.train, batch_size=cfg.batch_size, device=str(device),
                   device_name=_device_name(device), runs=runs, seconds=seconds, threads=cfg.threads)
-    for label, k in (("alone", 1), ("packed", runs)):
-        rates = _packed_rates(cfg, k, seconds, warmup)
+    cases = [("alone", cfg, 1), ("packed", cfg, runs)]
+    if device.type == "cpu" and cfg.threads < usable_cores():
+        cases.append(("wide", cfg.replace(threads=usable_cores()), 1))
+        result["wide_threads"] = usable_cores()
+    for label, c, k in cases:
+        rates = _packed_rates(c, k, seconds, warmup)
         result[label] = dict(per_run=[round(r, 1) for r in rates], aggregate=round(sum(rates), 1))
-        log(f"{k} run(s) at once: {sum(rates):.0f} img/s in all ({', '.join(f'{r:.0f}' for r in rates)})")
+        log(f"{k} run(s) at once, {c.threads or 'default'} thread(s) each: {sum(rates):.0f} img/s in all "
+            f"({', '.join(f'{r:.0f}' for r in rates)})")
     result["factor"] = round(result["packed"]["aggregate"] / result["alone"]["aggregate"], 2)
+    if "wide" in result:
+        result["factor_vs_wide"] = round(result["packed"]["aggregate"] / result["wide"]["aggregate"], 2)
     return result
 
 
@@ -577,7 +588,9 @@ def cmd_bench(args) -> int:
                         seconds=args.seconds, warmup=args.warmup, log=(lambda *a, **k: None) if args.quiet else print)
         print(f"{args.runs} runs of {cfg.model} train={cfg.train} at once on {result['device_name']}: "
               f"{result['packed']['aggregate']:.0f} img/s in all, against {result['alone']['aggregate']:.0f} for one "
-              f"alone: {result['factor']:.2f}x")
+              f"alone: {result['factor']:.2f}x"
+              + (f"; one run at {result['wide_threads']} threads: {result['wide']['aggregate']:.0f} img/s, "
+                 f"{result['factor_vs_wide']:.2f}x" if "wide" in result else ""))
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")
