@@ -114,6 +114,22 @@ def test_bench_times_the_fused_kernel_against_the_plain_modules():
     assert [row["pipeline"] for row in unfused_only["rows"]] == ["fast"]  # nothing to compare against
 
 
+def test_bench_times_the_fast_path_compiled_instead_of_the_kernel(monkeypatch):
+    compiled = []  # the eager backend: what is tested is that the second pipeline was compiled
+    monkeypatch.setattr("bnonly.speed.compile_options",
+                        lambda device, capture=False: compiled.append(device) or {"backend": "eager"})
+    r = run(_cfg(train="bn", fused_norm=True), threads=1, conventional=False, compiled=True, **QUICK)
+    assert len(compiled) == 1
+    assert [row["pipeline"] for row in r["rows"]] == ["fast", "fast-compiled"] and r["fused_norm"] is True
+    fast, comp = r["rows"]
+    ratios = sorted(f / c for f, c in zip(fast["windows"], comp["windows"]))
+    assert r["speedup_over_compiled"] == pytest.approx(sum(ratios) / 2, rel=0.01, abs=0.006)
+    assert "fast / fast-compiled (torch.compile instead" in format_report(r)
+    already = run(_cfg(train="bn", compile=True, fused_norm=False), threads=1, conventional=False, compiled=True,
+                  **QUICK)
+    assert [row["pipeline"] for row in already["rows"]] == ["fast"] and already["compile"] is True
+
+
 def test_bench_says_whether_a_streamed_folder_is_bound_by_data_or_compute(tmp_path):
     from PIL import Image
     rng = np.random.default_rng(0)

@@ -19,8 +19,11 @@ the device, in the fast path's compute dtype and in bf16.
 
 ``--unfused`` adds a third pipeline, the fast path with the plain BatchNorm and ReLU modules in
 place of the fused norm-act kernel (``bnonly.fused_norm``), interleaved like the others: the
-kernel's own speedup. The report also times the fast path's data alone (drawing batches, no
-step): for a streamed image folder it says whether decoding or compute bounds a run.
+kernel's own speedup. ``--compiled`` adds the fast path under ``torch.compile`` instead of the
+kernel (the two are exclusive: inductor fuses the same regions its own way), so that which of the
+two a CPU should default to is measured side by side. The report also times the fast path's data
+alone (drawing batches, no step): for a streamed image folder it says whether decoding or compute
+bounds a run.
 """
 
 from __future__ import annotations
@@ -365,10 +368,11 @@ def _thread_candidates() -> list[int]:
 
 
 def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: bool = True, unfused: bool = False,
-        warmup: int = 3, windows: int = 5, steps: int = 5, profile: bool = False, peak_budget_s: float = 3.0,
-        log=print) -> dict:
+        compiled: bool = False, warmup: int = 3, windows: int = 5, steps: int = 5, profile: bool = False,
+        peak_budget_s: float = 3.0, log=print) -> dict:
     """Benchmark ``cfg``'s fast path (and the conventional pipeline; with ``unfused``, also the fast
-    path without the fused norm-act kernel, when the fast path uses it); returns every number measured."""
+    path without the fused norm-act kernel, when the fast path uses it; with ``compiled``, also the
+    fast path compiled instead, when it is not compiled already); returns every number measured."""
     device = resolve_device(cfg.device)
     default_threads = torch.get_num_threads()
     dataset = open_data(cfg)
@@ -404,6 +408,13 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
             plain.name, plain.threads = "fast-unfused", fast.threads
             warm_up(plain, warmup, device)
             pipelines.append(plain)
+        if compiled and not built.compute.compile:  # torch.compile in place of the fused kernel
+            comp, _ = fast_pipeline(cfg.replace(threads=None, progress=False, out=workdir, fused_norm=False,
+                                                compile=True), workdir)
+            comp.name, comp.threads = "fast-compiled", fast.threads
+            log("warming up fast-compiled (compiling) ...")
+            warm_up(comp, warmup, device)
+            pipelines.append(comp)
         for w in range(windows):
             for p in pipelines:
                 p.rates.append(time_window(p, steps, device))
@@ -435,7 +446,7 @@ def run(cfg: cfgmod.TrainConfig, *, threads: str | int = "auto", conventional: b
         matmul_peak_size={k: v["size"] for k, v in peaks.items()},
         rows=rows, max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
-    keys = {"conventional": "speedup", "fast-unfused": "speedup_fused"}
+    keys = {"conventional": "speedup", "fast-unfused": "speedup_fused", "fast-compiled": "speedup_over_compiled"}
     for other in pipelines[1:]:
         result[keys.get(other.name, "speedup_same_threads")] = paired_speedup(fast.rates, other.rates)
     if evidence:
@@ -548,6 +559,8 @@ def format_report(r: dict) -> str:
                         if "speedup_same_threads" in r else ""))
     if "speedup_fused" in r:
         lines.append(f"fast / fast-unfused (the fused norm-act kernel, paired windows): {r['speedup_fused']:.2f}x")
+    if "speedup_over_compiled" in r:
+        lines.append(f"fast / fast-compiled (torch.compile instead, paired windows): {r['speedup_over_compiled']:.2f}x")
     if "data_images_per_s" in r:
         step_rate = r["rows"][0]["images_per_s"]
         bound = "data" if r["data_images_per_s"] < 1.5 * step_rate else "compute"
@@ -595,7 +608,8 @@ def cmd_bench(args) -> int:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")
         return 0
-    result = run(cfg, threads=threads, conventional=args.conventional, unfused=args.unfused, warmup=args.warmup,
+    result = run(cfg, threads=threads, conventional=args.conventional, unfused=args.unfused, compiled=args.compiled,
+                 warmup=args.warmup,
                  windows=args.windows,
                  steps=args.steps, profile=args.profile, peak_budget_s=args.peak_seconds,
                  log=(lambda *a, **k: None) if args.quiet else print)
@@ -643,6 +657,8 @@ def add_subcommand(sub) -> None:
                    help="the fused BatchNorm-ReLU kernel in the fast path (default: the fast defaults for the device)")
     p.add_argument("--unfused", action="store_true",
                    help="also time the fast path without the fused norm-act kernel, interleaved (its speedup)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also time the fast path under torch.compile (without the fused kernel), interleaved")
     p.add_argument("--num-workers", type=option(int, at_least(0)), default=4,
                    help="DataLoader workers for streamed image folders (capped at the usable cores)")
     p.add_argument("--runs", type=option(int, at_least(1)), default=1, metavar="K",
