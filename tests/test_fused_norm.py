@@ -7,6 +7,7 @@ least as close to it as the plain modules are (relative L2 error), because the t
 differ in rounding (and so in the ReLU mask of values within a rounding error of zero)."""
 
 import json
+import statistics
 
 import conftest
 import pytest
@@ -405,3 +406,39 @@ def test_the_bandwidth_benchmark_times_both_revisions(tmp_path):
     bad = subprocess.run([sys.executable, str(repo / "benchmarks" / "norm_act_bandwidth.py"), "--shape", "4,8"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected four positive integers N,C,H,W" in bad.stderr
+
+
+def test_the_step_ab_benchmark_alternates_two_builds_on_whole_steps(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "benchmarks" / "ab_kernel_step.py"
+    out = tmp_path / "r.jsonl"
+    args = ["--against", "HEAD", "--model", "cifar_resnet_8_8", "--batch-size", "16", "--threads", "1",
+            "--rounds", "6", "--warmup", "1", "--json", str(out)]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert (r["model"], r["rounds"], r["against"], r["threads"]) == ("cifar_resnet_8_8", 6, "HEAD", 1)
+    low, high = r["interval_95"]
+    assert r["new_ms"] > 0 and r["old_ms"] > 0 and 0 < low <= r["new_over_old"] <= high
+    assert f"speedup {r['new_over_old']:.3f}x" in done.stdout
+    bad = subprocess.run([sys.executable, str(script), "--against", "HEAD", "--rounds", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr
+
+
+def test_the_bootstrap_interval_brackets_the_median():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ab_kernel_step", Path(__file__).resolve().parents[1] / "benchmarks" / "ab_kernel_step.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    values = [1.0 + 0.01 * ((7 * i) % 11 - 5) for i in range(101)]  # spread ±5% around 1
+    low, high = ab.bootstrap_median_interval(values)
+    assert low <= statistics.median(values) <= high and high - low < 0.03
+    assert ab.bootstrap_median_interval([2.0] * 9) == (2.0, 2.0)

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Two builds of the fused norm-act kernel on whole training steps, in one process.
+
+``benchmarks/norm_act_bandwidth.py --against REV`` times single kernel calls; what a change to
+``csrc/norm_act.cpp`` is worth to training is its effect on the step, where the calls run between
+convolutions that have just written their inputs. On the 2-core VMs here a step's time drifts by
+±20% within seconds, so windows of several steps per build compare badly. This alternates single
+steps of ``bnonly bench``'s fast path between the working tree's kernel and REV's (order flipped
+every round), and reports the median of the per-round ratios with a bootstrap 95% interval:
+150 rounds of cifar_resnet_20 (about half a minute) resolve about ±1.2% on the AMX Xeon.
+
+    python benchmarks/ab_kernel_step.py --against HEAD                  # the uncommitted change
+    python benchmarks/ab_kernel_step.py --against 52ad0fd --model cifar_resnet_56 --rounds 100 --json r.jsonl
+
+A ratio above 1 means the working tree's kernel makes the step faster. An A/A check (``--against
+HEAD`` with no change) should land within its interval of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from norm_act_bandwidth import old_source  # noqa: E402
+
+from bnonly import config as cfgmod  # noqa: E402
+from bnonly import fused_norm  # noqa: E402
+from bnonly.bench import fast_pipeline  # noqa: E402
+from bnonly.host import usable_cores  # noqa: E402
+
+
+def bootstrap_median_interval(values: list[float], draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A 95% interval of the median of ``values``, by resampling them with replacement."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def measure(against: str, model: str, train: str, batch_size: int, threads: int, rounds: int, warmup: int,
+            data: str = "synthetic") -> dict:
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    if fused_norm.unavailable_reason():
+        sys.exit(f"the fused kernel is not available here: {fused_norm.unavailable_reason()}")
+    kernels = {"new": fused_norm.library(), "old": fused_norm.build(old_source(against))}
+    cfg = cfgmod.TrainConfig(model=model, train=train, data=data, batch_size=batch_size, threads=threads,
+                             fused_norm=True)
+    seconds: dict[str, list[float]] = {k: [] for k in kernels}
+    with tempfile.TemporaryDirectory() as workdir:
+        pipeline, _ = fast_pipeline(cfg.replace(out=workdir, progress=False), workdir)
+        for k in kernels:
+            with fused_norm.using(kernels[k]):
+                for _ in range(warmup):
+                    pipeline.step()
+        order = list(kernels)
+        for r in range(rounds):
+            for k in order if r % 2 == 0 else order[::-1]:  # neither build always runs right after the other
+                with fused_norm.using(kernels[k]):
+                    start = time.perf_counter()
+                    pipeline.step()
+                    seconds[k].append(time.perf_counter() - start)
+    ratios = [o / n for o, n in zip(seconds["old"], seconds["new"])]
+    low, high = bootstrap_median_interval(ratios)
+    return {"model": model, "train": train, "batch_size": batch_size, "threads": threads, "rounds": rounds,
+            "against": against, "data": data,
+            "new_ms": round(1e3 * statistics.median(seconds["new"]), 2),
+            "old_ms": round(1e3 * statistics.median(seconds["old"]), 2),
+            "new_over_old": round(statistics.median(ratios), 4), "interval_95": [round(low, 4), round(high, 4)]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", metavar="REV", required=True, help="git revision whose kernel source to compare with")
+    p.add_argument("--model", default="cifar_resnet_20")
+    p.add_argument("--train", default="bn")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data", default="synthetic", help="dataset as bnonly train takes it (default: synthetic)")
+    p.add_argument("--threads", type=int, default=None, help="default: the usable cores")
+    p.add_argument("--rounds", type=int, default=150, help="alternations, one step of each build (default 150)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per build first (default 5)")
+    p.add_argument("--json", default=None, help="append the result as one JSON line here")
+    args = p.parse_args(argv)
+    for flag in ("batch_size", "rounds"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    r = measure(args.against, args.model, args.train, args.batch_size, args.threads or usable_cores(), args.rounds,
+                max(0, args.warmup), args.data)
+    print(f"{r['model']} train={r['train']} batch {r['batch_size']}, {r['threads']} threads, {r['rounds']} rounds: "
+          f"step {r['new_ms']:.1f} ms with this tree's kernel, {r['old_ms']:.1f} ms with {r['against']}'s; "
+          f"speedup {r['new_over_old']:.3f}x (95% interval {r['interval_95'][0]:.3f}-{r['interval_95'][1]:.3f})")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(r) + "\n")
+    return r
+
+
+if __name__ == "__main__":
+    main()
