@@ -87,13 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="default: the usable cores")
     p.add_argument("--rounds", type=int, default=150, help="alternations, one step of each build (default 150)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per build first (default 5)")
+    p.add_argument("--label", default=None, help="what the working tree's kernel changes, kept in the JSON line")
     p.add_argument("--json", default=None, help="append the result as one JSON line here")
     args = p.parse_args(argv)
     for flag in ("batch_size", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     r = measure(args.against, args.model, args.train, args.batch_size, args.threads or usable_cores(), args.rounds,
-                max(0, args.warmup), args.data)
+                max(0, args.warmup), args.data) | {"label": args.label}
     print(f"{r['model']} train={r['train']} batch {r['batch_size']}, {r['threads']} threads, {r['rounds']} rounds: "
           f"step {r['new_ms']:.1f} ms with this tree's kernel, {r['old_ms']:.1f} ms with {r['against']}'s; "
           f"speedup {r['new_over_old']:.3f}x (95% interval {r['interval_95'][0]:.3f}-{r['interval_95'][1]:.3f})")
