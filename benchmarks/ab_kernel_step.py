@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Two builds of the fused norm-act kernel on whole training steps, in one process.
+"""Two versions of the fused norm-act path on whole training steps, in one process.
 
 ``benchmarks/norm_act_bandwidth.py --against REV`` times single kernel calls; what a change to
 ``csrc/norm_act.cpp`` is worth to training is its effect on the step, where the calls run between
@@ -14,6 +14,10 @@ every round), and reports the median of the per-round ratios with a bootstrap 95
 
 A ratio above 1 means the working tree's kernel makes the step faster. An A/A check (``--against
 HEAD`` with no change) should land within its interval of 1.
+
+``--unfuse REGEX`` compares instead, with this tree's kernel, the fused path as it is against the
+same with the BatchNorms whose module names match REGEX run as plain modules: what covering them
+is worth (``--unfuse 'shortcut'``: the CIFAR ResNets' projection shortcuts).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -45,33 +50,58 @@ def bootstrap_median_interval(values: list[float], draws: int = 1000, seed: int 
     return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
 
 
-def measure(against: str, model: str, train: str, batch_size: int, threads: int, rounds: int, warmup: int,
-            data: str = "synthetic") -> dict:
+class Unfused:
+    """Inside the block, the marked BatchNorms among ``modules`` run as plain modules."""
+
+    def __init__(self, modules: list):
+        self.modules = modules
+
+    def __enter__(self):
+        for m in self.modules:
+            m.fused_act = False
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            m.fused_act = True
+
+
+def measure(against: str | None, model: str, train: str, batch_size: int, threads: int, rounds: int, warmup: int,
+            data: str = "synthetic", unfuse: str | None = None) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     if fused_norm.unavailable_reason():
         sys.exit(f"the fused kernel is not available here: {fused_norm.unavailable_reason()}")
-    kernels = {"new": fused_norm.library(), "old": fused_norm.build(old_source(against))}
     cfg = cfgmod.TrainConfig(model=model, train=train, data=data, batch_size=batch_size, threads=threads,
                              fused_norm=True)
-    seconds: dict[str, list[float]] = {k: [] for k in kernels}
+    seconds: dict[str, list[float]] = {"new": [], "old": []}
     with tempfile.TemporaryDirectory() as workdir:
-        pipeline, _ = fast_pipeline(cfg.replace(out=workdir, progress=False), workdir)
-        for k in kernels:
-            with fused_norm.using(kernels[k]):
+        pipeline, built = fast_pipeline(cfg.replace(out=workdir, progress=False), workdir)
+        # version -> a context manager factory (a generator-based one can be entered only once)
+        if unfuse is None:
+            builds = {"new": fused_norm.library(), "old": fused_norm.build(old_source(against))}
+            versions = {k: (lambda lib=lib: fused_norm.using(lib)) for k, lib in builds.items()}
+        else:
+            pattern = re.compile(unfuse)
+            matched = [m for name, m in built.model.named_modules()
+                       if getattr(m, "fused_act", False) and pattern.search(name)]
+            if not matched:
+                sys.exit(f"--unfuse {unfuse!r}: no fused BatchNorm of {model} has a name matching it")
+            versions = {"new": lambda: Unfused([]), "old": lambda: Unfused(matched)}
+        for k in versions:
+            with versions[k]():
                 for _ in range(warmup):
                     pipeline.step()
-        order = list(kernels)
+        order = list(versions)
         for r in range(rounds):
-            for k in order if r % 2 == 0 else order[::-1]:  # neither build always runs right after the other
-                with fused_norm.using(kernels[k]):
+            for k in order if r % 2 == 0 else order[::-1]:  # neither version always runs right after the other
+                with versions[k]():
                     start = time.perf_counter()
                     pipeline.step()
                     seconds[k].append(time.perf_counter() - start)
     ratios = [o / n for o, n in zip(seconds["old"], seconds["new"])]
     low, high = bootstrap_median_interval(ratios)
     return {"model": model, "train": train, "batch_size": batch_size, "threads": threads, "rounds": rounds,
-            "against": against, "data": data,
+            "against": against, "unfuse": unfuse, "unfused_layers": len(matched) if unfuse else 0, "data": data,
             "new_ms": round(1e3 * statistics.median(seconds["new"]), 2),
             "old_ms": round(1e3 * statistics.median(seconds["old"]), 2),
             "new_over_old": round(statistics.median(ratios), 4), "interval_95": [round(low, 4), round(high, 4)]}
@@ -79,7 +109,10 @@ def measure(against: str, model: str, train: str, batch_size: int, threads: int,
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--against", metavar="REV", required=True, help="git revision whose kernel source to compare with")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--against", metavar="REV", help="git revision whose kernel source to compare with")
+    what.add_argument("--unfuse", metavar="REGEX",
+                      help="compare with the BatchNorms whose module names match REGEX run as plain modules")
     p.add_argument("--model", default="cifar_resnet_20")
     p.add_argument("--train", default="bn")
     p.add_argument("--batch-size", type=int, default=128)
@@ -94,10 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     r = measure(args.against, args.model, args.train, args.batch_size, args.threads or usable_cores(), args.rounds,
-                max(0, args.warmup), args.data) | {"label": args.label}
+                max(0, args.warmup), args.data, args.unfuse) | {"label": args.label}
     print(f"{r['model']} train={r['train']} batch {r['batch_size']}, {r['threads']} threads, {r['rounds']} rounds: "
-          f"step {r['new_ms']:.1f} ms with this tree's kernel, {r['old_ms']:.1f} ms with {r['against']}'s; "
-          f"speedup {r['new_over_old']:.3f}x (95% interval {r['interval_95'][0]:.3f}-{r['interval_95'][1]:.3f})")
+          f"step {r['new_ms']:.1f} ms with this tree's kernel, {r['old_ms']:.1f} ms "
+          + (f"with {r['against']}'s; " if r["against"] else f"with {r['unfused_layers']} BatchNorms unfused; ")
+          + f"speedup {r['new_over_old']:.3f}x (95% interval {r['interval_95'][0]:.3f}-{r['interval_95'][1]:.3f})")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(r) + "\n")

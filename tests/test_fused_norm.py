@@ -43,9 +43,9 @@ def _inputs(dtype, fmt, residual, affine=True, shape=(16, 8, 6, 6), seed=0):
     return cast(x), cast(r), cast(dy), (gamma, beta) if affine else None
 
 
-def _run(kind, x, r, dy, affine, momentum=0.1):
-    """(y, dx, dγ, dβ, running mean, running var, dresidual) of relu(bn(x) + r), by ``kind``:
-    plain modules, the fused kernel, or the plain modules in float64."""
+def _run(kind, x, r, dy, affine, momentum=0.1, relu=True):
+    """(y, dx, dγ, dβ, running mean, running var, dresidual) of relu(bn(x) + r) (``relu`` False:
+    bn(x) + r), by ``kind``: plain modules, the fused kernel, or the plain modules in float64."""
     dtype = torch.float64 if kind == "reference" else torch.float32
     bn = nn.BatchNorm2d(x.shape[1], affine=affine is not None, momentum=momentum).to(dtype)
     if affine is not None:
@@ -58,7 +58,7 @@ def _run(kind, x, r, dy, affine, momentum=0.1):
         x, dy, r = x.double(), dy.double(), None if r is None else r.double()
     x = x.detach().clone().requires_grad_()
     r = None if r is None else r.detach().clone().requires_grad_()
-    y = fused_norm.norm_act(bn, nn.ReLU(), x, r)
+    y = fused_norm.norm_act(bn, nn.ReLU() if relu else None, x, r)
     y.backward(dy)
     grads = (bn.weight.grad, bn.bias.grad) if affine is not None else (None, None)
     return y, x.grad, *grads, bn.running_mean, bn.running_var, None if r is None else r.grad
@@ -70,11 +70,12 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS)
-@pytest.mark.parametrize("residual", [False, True], ids=["relu", "add-relu"])
+@pytest.mark.parametrize("residual", [False, True], ids=["no-residual", "residual"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
-def test_the_kernel_is_as_exact_as_the_plain_modules(dtype, fmt, residual, affine):
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-act"])  # no-act: the projection shortcuts' norm
+def test_the_kernel_is_as_exact_as_the_plain_modules(dtype, fmt, residual, affine, relu):
     x, r, dy, gb = _inputs(dtype, fmt, residual, affine)
-    ref, plain, fused = (_run(k, x, r, dy, gb) for k in ("reference", "plain", "fused"))
+    ref, plain, fused = (_run(k, x, r, dy, gb, relu=relu) for k in ("reference", "plain", "fused"))
     names = ["y", "dx", "dgamma", "dbeta", "running_mean", "running_var", "dresidual"]
     for name, p, f, q in zip(names, plain, fused, ref):
         if q is None:
@@ -345,15 +346,18 @@ def test_the_setting_is_recorded_kept_on_resume_and_leaves_the_identity(tmp_path
 def test_every_model_family_calls_the_kernel_where_it_should(monkeypatch):
     calls = []
     real = fused_norm._fused
-    monkeypatch.setattr(fused_norm, "_fused", lambda norm, x, r: calls.append(r is not None) or real(norm, x, r))
-    for name, shape, relu_only, with_add in [("cifar_resnet_8_8", (4, 3, 16, 16), 1 + 3, 3),
-                                             ("cifar_vgg_11", (4, 3, 32, 32), 8, 0),
-                                             ("imagenet_resnet_18", (2, 3, 64, 64), 1 + 8, 8)]:
+    monkeypatch.setattr(fused_norm, "_fused",
+                        lambda norm, x, r, relu: calls.append((relu, r is not None)) or real(norm, x, r, relu))
+    # (norm + ReLU, norm + residual + ReLU, norm alone: the CIFAR ResNets' projection shortcuts)
+    for name, shape, relu_only, with_add, norm_only in [("cifar_resnet_8_8", (4, 3, 16, 16), 1 + 3, 3, 2),
+                                                        ("cifar_vgg_11", (4, 3, 32, 32), 8, 0, 0),
+                                                        ("imagenet_resnet_18", (2, 3, 64, 64), 1 + 8, 8, 0)]:
         calls.clear()
         model = create_model(name, 10, seed=0)
         fused_norm.enable(model)
         model(torch.randn(shape))
-        assert (calls.count(False), calls.count(True)) == (relu_only, with_add), name
+        counts = (calls.count((True, False)), calls.count((True, True)), calls.count((False, False)))
+        assert counts == (relu_only, with_add, norm_only) and len(calls) == sum(counts), name
     compute.Capabilities  # noqa: B018 (the module is part of what this file tests)
 
 
@@ -428,6 +432,16 @@ def test_the_step_ab_benchmark_alternates_two_builds_on_whole_steps(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--against", "HEAD", "--rounds", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr
+    # --unfuse: the same kernel, with the projection shortcuts' BatchNorms run as plain modules in one version
+    args[:2] = ["--unfuse", "shortcut"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text().splitlines()[-1])
+    assert (r["unfuse"], r["unfused_layers"], r["against"]) == ("shortcut", 2, None)
+    assert "with 2 BatchNorms unfused" in done.stdout
+    args[1] = "nothing-is-called-this"
+    none = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert none.returncode == 1 and "no fused BatchNorm of cifar_resnet_8_8 has a name matching it" in none.stderr
 
 
 def test_the_bootstrap_interval_brackets_the_median():

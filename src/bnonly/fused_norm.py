@@ -13,8 +13,9 @@ the normalizer (``bnonly.speed.prepare`` does when the setting is on), so the mo
 parameters and state dicts are the same either way and a run's identity does not change.
 
 Covered: ``nn.BatchNorm2d`` using batch statistics (training mode, or no running statistics)
-followed by ``nn.ReLU``, on CPU tensors in channels_last or NCHW, float32 or bf16, with or
-without γ/β. Everything else (evaluation with running statistics, GroupNorm, LayerNorm,
+followed by ``nn.ReLU`` or by no activation (``act=None``: the CIFAR ResNets' projection
+shortcuts), on CPU tensors in channels_last or NCHW, float32 or bf16, with or without γ/β.
+Everything else (evaluation with running statistics, GroupNorm, LayerNorm,
 InstanceNorm, SyncBatchNorm, hooks on the modules, CUDA) runs the plain modules.
 
 The kernel is plain C++ with OpenMP and no torch headers: the system compiler builds it once per
@@ -153,13 +154,14 @@ def _uses_batch_statistics(norm: nn.BatchNorm2d) -> bool:
     return norm.training or (norm.running_mean is None and norm.running_var is None)
 
 
-def _fusable(norm: nn.Module, act: nn.Module, x: Tensor, residual: Tensor | None) -> bool:
+def _fusable(norm: nn.Module, act: nn.Module | None, x: Tensor, residual: Tensor | None) -> bool:
     # The exact type: a subclass swapped in later (the CPU sync_bn's, which reduces statistics over
     # every rank) keeps the mark but not the meaning.
-    if not (type(norm) is nn.BatchNorm2d and getattr(norm, "fused_act", False) and type(act) is nn.ReLU
+    if not (type(norm) is nn.BatchNorm2d and getattr(norm, "fused_act", False) and (act is None or type(act) is nn.ReLU)
             and _uses_batch_statistics(norm)):
         return False
-    if norm._forward_hooks or norm._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks:
+    if norm._forward_hooks or norm._forward_pre_hooks or (act is not None and (act._forward_hooks
+                                                                               or act._forward_pre_hooks)):
         return False  # a hook expects to see the modules run
     if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4 or x.numel() == 0 or _layout(x) is None:
         return False
@@ -171,20 +173,22 @@ def _fusable(norm: nn.Module, act: nn.Module, x: Tensor, residual: Tensor | None
     return library() is not None
 
 
-def norm_act(norm: nn.Module, act: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor:
-    """``act(norm(x) + residual)`` (no residual: ``act(norm(x))``), fused where :func:`enable`
-    marked ``norm`` and the case is covered (see the module docstring), else the modules as written."""
+def norm_act(norm: nn.Module, act: nn.Module | None, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """``act(norm(x) + residual)`` (no residual: ``act(norm(x))``; ``act`` None: no activation),
+    fused where :func:`enable` marked ``norm`` and the case is covered (see the module docstring),
+    else the modules as written."""
     if _fusable(norm, act, x, residual):
-        return _fused(norm, x, residual)
+        return _fused(norm, x, residual, relu=act is not None)
     out = norm(x)
-    return act(out if residual is None else out + residual)
+    out = out if residual is None else out + residual
+    return out if act is None else act(out)
 
 
-def _fused(norm: nn.BatchNorm2d, x: Tensor, residual: Tensor | None) -> Tensor:
+def _fused(norm: nn.BatchNorm2d, x: Tensor, residual: Tensor | None, relu: bool) -> Tensor:
     fmt = _layout(x)[4]
     if residual is not None:
         residual = residual.contiguous(memory_format=fmt)
-    y, mean, var = _NormReLU.apply(x, norm.weight, norm.bias, residual, norm.eps)
+    y, mean, var = _NormReLU.apply(x, norm.weight, norm.bias, residual, norm.eps, relu)
     if norm.training and norm.track_running_stats and norm.running_mean is not None:
         _update_running_stats(norm, mean, var, x.numel() // x.shape[1])
     return y
@@ -201,10 +205,12 @@ def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count
 
 
 class _NormReLU(torch.autograd.Function):
-    """relu(batch_norm(x) + residual) with batch statistics; returns (y, mean, biased var)."""
+    """relu(batch_norm(x) + residual) with batch statistics (without the ReLU when ``relu`` is
+    False); returns (y, mean, biased var)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None, eps: float):
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None, eps: float,
+                relu: bool = True):
         n, c, s, cl, _ = _layout(x)
         y = torch.empty_like(x)
         mean, var, invstd = (torch.empty(c, dtype=torch.float32) for _ in range(3))
@@ -212,9 +218,10 @@ class _NormReLU(torch.autograd.Function):
         bias = None if bias is None else bias.detach().float().contiguous()
         library().bnonly_norm_act_forward(
             _DTYPES[x.dtype], _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias), eps, _ptr(y), _ptr(mean),
-            _ptr(var), _ptr(invstd), n, c, s, cl, 1, torch.get_num_threads())
-        ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None else None)
-        ctx.has_residual = residual is not None
+            _ptr(var), _ptr(invstd), n, c, s, cl, int(relu), torch.get_num_threads())
+        # y only where the backward needs it: the ReLU's mask, which x alone cannot give once a residual was added
+        ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None and relu else None)
+        ctx.has_residual, ctx.relu = residual is not None, relu
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -231,5 +238,5 @@ class _NormReLU(torch.autograd.Function):
         if any(t is not None for t in (g, dx, dw, db)):
             library().bnonly_norm_act_backward(
                 _DTYPES[x.dtype], _ptr(dy), _ptr(y), _ptr(x), _ptr(weight), _ptr(bias), _ptr(mean), _ptr(invstd),
-                _ptr(g), _ptr(dx), _ptr(dw), _ptr(db), n, c, s, cl, 1, torch.get_num_threads())
-        return dx, dw, db, (g if need_r else None), None
+                _ptr(g), _ptr(dx), _ptr(dw), _ptr(db), n, c, s, cl, int(ctx.relu), torch.get_num_threads())
+        return dx, dw, db, (g if need_r else None), None, None
