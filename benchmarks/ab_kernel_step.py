@@ -23,7 +23,6 @@ is worth (``--unfuse 'shortcut'``: the CIFAR ResNets' projection shortcuts).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import statistics
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from norm_act_bandwidth import old_source  # noqa: E402
+from norm_act_bandwidth import append_json_line, old_source  # noqa: E402
 
 from bnonly import config as cfgmod  # noqa: E402
 from bnonly import fused_norm  # noqa: E402
@@ -132,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"step {r['new_ms']:.1f} ms with this tree's kernel, {r['old_ms']:.1f} ms "
           + (f"with {r['against']}'s; " if r["against"] else f"with {r['unfused_layers']} BatchNorms unfused; ")
           + f"speedup {r['new_over_old']:.3f}x (95% interval {r['interval_95'][0]:.3f}-{r['interval_95'][1]:.3f})")
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(r) + "\n")
+    append_json_line(args.json, r)
     return r
 
 

@@ -157,6 +157,14 @@ def measure(shape: tuple[int, ...], dtype: torch.dtype, threads: int, reps: int,
             "passes": PASSES, "cases": rows}
 
 
+def append_json_line(path: str | None, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``path`` (nothing when it is None): the raw-results
+    files under benchmarks/results are such lines, one per invocation."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="128,16,32,32", help="N,C,H,W (default: %(default)s)")
@@ -189,9 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
             old = row["old"]
             line += f"  | {old['ms']:>8.3f}{old['GB_per_s']:>9.2f}{old['of_copy']:>9.2f}{row['new_over_old']:>8.2f}x"
         print(line)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(r) + "\n")
+    append_json_line(args.json, r)
     return r
 
 
