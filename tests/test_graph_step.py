@@ -63,11 +63,22 @@ def test_a_run_with_the_whole_step_function_trains_like_the_eager_step(tmp_path)
     rows_a, rows_b = (RunDir(s["run_dir"]).read_metrics() for s in (eager, whole))
     for a, b in zip(rows_a, rows_b):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
-    fa, fb = (torch.load(RunDir(s["run_dir"]).final_weights) for s in (eager, whole))
-    # The two steps round differently (their SGD updates), and training amplifies it: in bf16 the
-    # final weights differ by up to ~2e-4 (fused norm-act kernel; ~9e-5 without), in float32 far less.
-    atol = 5e-4 if whole["compute"]["bf16"] else 1e-4
-    for k in fa:
+    # The two steps round differently (their SGD updates), and two epochs of training amplify that
+    # chaotically: in bf16 single weights moved by 1.6e-3 in one draw and 2e-4 in another. The
+    # yardstick is another change of rounding alone: the eager run with the plain BatchNorm modules
+    # in place of the fused kernel. The whole step may not move the weights further than that does.
+    plain = train(tiny(tmp_path / "plain", capture=False, fused_norm=False), **QUIET)
+    fa, fb, fc = (torch.load(RunDir(s["run_dir"]).final_weights) for s in (eager, whole, plain))
+    keys = [k for k in fa if fa[k].is_floating_point()]
+
+    def distance(f):  # L2 over every float tensor of the state dict
+        return torch.cat([(f[k].double() - fa[k].double()).flatten() for k in keys]).norm().item()
+
+    floor = 1e-3 if whole["compute"]["bf16"] else 1e-4
+    assert distance(fb) <= max(floor, 2 * distance(fc)), (distance(fb), distance(fc))  # bf16: 0.007 vs 0.040
+    # Element by element too: in float32 the rounding stays small (3.5e-7 in all), in bf16 nothing far off.
+    atol = 1e-2 if whole["compute"]["bf16"] else 1e-4
+    for k in keys:
         torch.testing.assert_close(fb[k].float(), fa[k].float(), rtol=1e-3, atol=atol)
 
 
