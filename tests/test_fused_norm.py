@@ -156,6 +156,10 @@ def test_uncovered_cases_run_the_plain_modules():
     assert not fused_norm._fusable(bn, nn.ReLU(), x[:, :, ::2], None)  # a strided view
     assert not fused_norm._fusable(bn, nn.ReLU(), x[:1, :, :1, :1], None)  # one value per channel: torch refuses it
     assert not fused_norm._fusable(nn.BatchNorm2d(4), nn.ReLU(), x, None)  # not enabled
+    assert fused_norm._fusable(bn, None, x, None)  # no activation: covered
+    hooked_relu = nn.ReLU()
+    hooked_relu.register_forward_pre_hook(lambda *a: None)
+    assert not fused_norm._fusable(bn, hooked_relu, x, None)  # a hook on the activation
     seen = []
     bn.register_forward_hook(lambda *a: seen.append(1))
     fused_norm.norm_act(bn, nn.ReLU(), x)
@@ -359,6 +363,20 @@ def test_every_model_family_calls_the_kernel_where_it_should(monkeypatch):
         counts = (calls.count((True, False)), calls.count((True, True)), calls.count((False, False)))
         assert counts == (relu_only, with_add, norm_only) and len(calls) == sum(counts), name
     compute.Capabilities  # noqa: B018 (the module is part of what this file tests)
+
+
+def test_a_hook_on_a_projection_shortcut_sees_it_run(monkeypatch):
+    model = create_model("cifar_resnet_8_8", 10, seed=0)
+    fused_norm.enable(model)
+    block = model.blocks[1]
+    seen = []
+    block.shortcut.register_forward_hook(lambda module, inp, out: seen.append(out.shape))
+    fused = []
+    real = fused_norm._fused
+    monkeypatch.setattr(fused_norm, "_fused", lambda norm, x, r, relu: fused.append(relu) or real(norm, x, r, relu))
+    model(torch.randn(4, 3, 16, 16))
+    assert seen == [torch.Size([4, 16, 8, 8])]  # the Sequential ran, so its hook saw its output
+    assert fused.count(False) == 1  # the other block's projection shortcut still went through the kernel
 
 
 def test_a_kernel_built_from_another_source_stands_in_inside_using_only():

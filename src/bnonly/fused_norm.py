@@ -15,8 +15,8 @@ parameters and state dicts are the same either way and a run's identity does not
 Covered: ``nn.BatchNorm2d`` using batch statistics (training mode, or no running statistics)
 followed by ``nn.ReLU`` or by no activation (``act=None``: the CIFAR ResNets' projection
 shortcuts), on CPU tensors in channels_last or NCHW, float32 or bf16, with or without γ/β.
-Everything else (evaluation with running statistics, GroupNorm, LayerNorm,
-InstanceNorm, SyncBatchNorm, hooks on the modules, CUDA) runs the plain modules.
+Everything else (evaluation with running statistics, GroupNorm, LayerNorm, InstanceNorm,
+SyncBatchNorm, hooks on the modules, CUDA) runs the plain modules.
 
 The kernel is plain C++ with OpenMP and no torch headers: the system compiler builds it once per
 source, flags and CPU in about a second, into ``$BNONLY_CACHE/fused`` (default
@@ -157,11 +157,10 @@ def _uses_batch_statistics(norm: nn.BatchNorm2d) -> bool:
 def _fusable(norm: nn.Module, act: nn.Module | None, x: Tensor, residual: Tensor | None) -> bool:
     # The exact type: a subclass swapped in later (the CPU sync_bn's, which reduces statistics over
     # every rank) keeps the mark but not the meaning.
-    if not (type(norm) is nn.BatchNorm2d and getattr(norm, "fused_act", False) and (act is None or type(act) is nn.ReLU)
-            and _uses_batch_statistics(norm)):
+    if not (type(norm) is nn.BatchNorm2d and getattr(norm, "fused_act", False)
+            and (act is None or type(act) is nn.ReLU) and _uses_batch_statistics(norm)):
         return False
-    if norm._forward_hooks or norm._forward_pre_hooks or (act is not None and (act._forward_hooks
-                                                                               or act._forward_pre_hooks)):
+    if any(m._forward_hooks or m._forward_pre_hooks for m in (norm, act) if m is not None):
         return False  # a hook expects to see the modules run
     if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4 or x.numel() == 0 or _layout(x) is None:
         return False
