@@ -462,14 +462,78 @@ def test_the_step_ab_benchmark_alternates_two_builds_on_whole_steps(tmp_path):
     assert none.returncode == 1 and "no fused BatchNorm of cifar_resnet_8_8 has a name matching it" in none.stderr
 
 
-def test_the_bootstrap_interval_brackets_the_median():
+def _ab_module():
     import importlib.util
+    import sys
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "ab_kernel_step", Path(__file__).resolve().parents[1] / "benchmarks" / "ab_kernel_step.py")
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))  # it imports its sibling norm_act_bandwidth
+    try:
+        spec = importlib.util.spec_from_file_location("ab_kernel_step", bench_dir / "ab_kernel_step.py")
+        ab = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ab)
+    finally:
+        sys.path.remove(str(bench_dir))
+    return ab
+
+
+def test_the_compiled_copy_keeps_the_kernel_inside_and_trains_as_the_eager_step(monkeypatch, tmp_path):
+    """``ab_kernel_step.py --compiled`` compares like with like: under torch.compile every
+    BatchNorm still runs the kernel (forward and backward, no graph break back to the plain
+    modules), and the two copies' weights stay together step after step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch._dynamo.utils import counters
+
+    from bnonly import config as cfgmod
+    from bnonly.bench import fast_pipeline
+
+    ab = _ab_module()
+    calls = {"forward": 0, "backward": 0}
+
+    def counted(name):
+        original = getattr(fused_norm, f"kernel_{name}")
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+        return call
+
+    for name in calls:
+        monkeypatch.setattr(fused_norm, f"kernel_{name}", counted(name))
+    torch.set_num_threads(1)
+    cfg = cfgmod.TrainConfig(model="cifar_resnet_8_8", train="bn", data="synthetic", batch_size=16, threads=1,
+                             fused_norm=True, out=str(tmp_path), progress=False)
+    eager, eager_built = fast_pipeline(cfg, str(tmp_path))
+    compiled, compiled_built = fast_pipeline(cfg, str(tmp_path))
+    compiled_built.model.compile()
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in eager_built.model.modules())
+    counters.clear()
+    with ab.KernelInsideCompile():
+        for _ in range(3):
+            eager.step()
+            before = dict(calls)
+            compiled.step()
+            assert {k: calls[k] - before[k] for k in calls} == {"forward": norms, "backward": norms}
+    assert not counters["graph_break"], dict(counters["graph_break"])  # one graph: the kernel is a node in it
+    assert fused_norm._fused.__name__ == "_fused"  # the block put the eager path back
+    a, b = eager_built.model.state_dict(), compiled_built.model.state_dict()
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-5
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_kernel_step.py"
+    done = subprocess.run([sys.executable, str(script), "--compiled", "--model", "cifar_resnet_8_8", "--batch-size", "16",
+                           "--threads", "1", "--rounds", "4", "--warmup", "1"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "compiled around the kernel; speedup" in done.stdout, done.stderr[-2000:]
+    bad = subprocess.run([sys.executable, str(script), "--against", "HEAD", "--cpp-wrapper"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--cpp-wrapper goes with --compiled" in bad.stderr
+
+
+def test_the_bootstrap_interval_brackets_the_median():
+    ab = _ab_module()
     values = [1.0 + 0.01 * ((7 * i) % 11 - 5) for i in range(101)]  # spread ±5% around 1
     low, high = ab.bootstrap_median_interval(values)
     assert low <= statistics.median(values) <= high and high - low < 0.03

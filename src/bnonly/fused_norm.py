@@ -203,6 +203,40 @@ def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count
     norm.running_var.mul_(1 - factor).add_(var, alpha=factor * count / (count - 1))
 
 
+def kernel_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None, eps: float,
+                   relu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One call of the kernel's forward: (y, mean, biased var, invstd). ``x`` (and ``residual``) in a
+    layout :func:`_layout` accepts; γ/β float32 and contiguous, or None. The autograd function below
+    calls it, and so does ``benchmarks/ab_kernel_step.py --compiled``'s custom op."""
+    n, c, s, cl, _ = _layout(x)
+    y = torch.empty_like(x)
+    mean, var, invstd = (torch.empty(c, dtype=torch.float32) for _ in range(3))
+    library().bnonly_norm_act_forward(
+        _DTYPES[x.dtype], _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias), eps, _ptr(y), _ptr(mean),
+        _ptr(var), _ptr(invstd), n, c, s, cl, int(relu), torch.get_num_threads())
+    return y, mean, var, invstd
+
+
+def kernel_backward(dy: Tensor, y: Tensor | None, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                    mean: Tensor, invstd: Tensor, relu: bool, *, residual_grad: bool, input_grad: bool,
+                    weight_grad: bool, bias_grad: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None,
+                                                                  Tensor | None]:
+    """One call of the kernel's backward: (gradient of the residual, of x, of γ, of β), each None
+    where not asked for. ``y``: the forward's output where it had a residual and a ReLU (the mask),
+    else None."""
+    n, c, s, cl, fmt = _layout(x)
+    dy = dy.to(x.dtype).contiguous(memory_format=fmt)
+    g = torch.empty_like(x) if residual_grad else None
+    dx = torch.empty_like(x) if input_grad else None
+    dw = torch.empty(c, dtype=torch.float32) if weight_grad else None
+    db = torch.empty(c, dtype=torch.float32) if bias_grad else None
+    if any(t is not None for t in (g, dx, dw, db)):
+        library().bnonly_norm_act_backward(
+            _DTYPES[x.dtype], _ptr(dy), _ptr(y), _ptr(x), _ptr(weight), _ptr(bias), _ptr(mean), _ptr(invstd),
+            _ptr(g), _ptr(dx), _ptr(dw), _ptr(db), n, c, s, cl, int(relu), torch.get_num_threads())
+    return g, dx, dw, db
+
+
 class _NormReLU(torch.autograd.Function):
     """relu(batch_norm(x) + residual) with batch statistics (without the ReLU when ``relu`` is
     False); returns (y, mean, biased var)."""
@@ -210,14 +244,9 @@ class _NormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None, eps: float,
                 relu: bool = True):
-        n, c, s, cl, _ = _layout(x)
-        y = torch.empty_like(x)
-        mean, var, invstd = (torch.empty(c, dtype=torch.float32) for _ in range(3))
         weight = None if weight is None else weight.detach().float().contiguous()
         bias = None if bias is None else bias.detach().float().contiguous()
-        library().bnonly_norm_act_forward(
-            _DTYPES[x.dtype], _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias), eps, _ptr(y), _ptr(mean),
-            _ptr(var), _ptr(invstd), n, c, s, cl, int(relu), torch.get_num_threads())
+        y, mean, var, invstd = kernel_forward(x, weight, bias, residual, eps, relu)
         # y only where the backward needs it: the ReLU's mask, which x alone cannot give once a residual was added
         ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None and relu else None)
         ctx.has_residual, ctx.relu = residual is not None, relu
@@ -228,14 +257,8 @@ class _NormReLU(torch.autograd.Function):
     def backward(ctx, dy: Tensor, _mean: Tensor, _var: Tensor):
         x, weight, bias, mean, invstd, y = ctx.saved_tensors
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        n, c, s, cl, fmt = _layout(x)
-        dy = dy.to(x.dtype).contiguous(memory_format=fmt)
-        g = torch.empty_like(x) if ctx.has_residual and (need_r or need_x) else None
-        dx = torch.empty_like(x) if need_x else None
-        dw = torch.empty(c, dtype=torch.float32) if need_w else None
-        db = torch.empty(c, dtype=torch.float32) if need_b else None
-        if any(t is not None for t in (g, dx, dw, db)):
-            library().bnonly_norm_act_backward(
-                _DTYPES[x.dtype], _ptr(dy), _ptr(y), _ptr(x), _ptr(weight), _ptr(bias), _ptr(mean), _ptr(invstd),
-                _ptr(g), _ptr(dx), _ptr(dw), _ptr(db), n, c, s, cl, int(ctx.relu), torch.get_num_threads())
+        # the kernel computes the residual's gradient on the way to x's: it needs g whenever x's is asked
+        g, dx, dw, db = kernel_backward(dy, y, x, weight, bias, mean, invstd, ctx.relu,
+                                        residual_grad=ctx.has_residual and (need_r or need_x), input_grad=need_x,
+                                        weight_grad=need_w, bias_grad=need_b)
         return dx, dw, db, (g if need_r else None), None, None
