@@ -19,10 +19,6 @@ HEAD`` with no change) should land within its interval of 1.
 same with the BatchNorms whose module names match REGEX run as plain modules: what covering them
 is worth (``--unfuse 'shortcut'``: the CIFAR ResNets' projection shortcuts).
 
-``--unfork`` compares, with this tree's kernel, the residual blocks as they are against the same
-with ``bnonly.fused_norm.fork`` off, i.e. autograd summing a block input's two gradients into a
-new tensor before the kernel's backward reads it, instead of the kernel reading both.
-
 ``--compiled`` compares the eager fused step against the same model under ``torch.compile`` with
 the kernel kept inside the graph (registered as two torch custom ops for this benchmark; bnonly
 itself refuses compile and the kernel together), i.e. what removing the eager step's Python and
@@ -127,22 +123,6 @@ def kernel_custom_op():
     return forward
 
 
-class Unforked:
-    """Inside the block, the models' residual blocks split their input with ``(x, x)`` instead of
-    ``fused_norm.fork``: autograd sums the two gradients, as before the fork existed."""
-
-    def __enter__(self):
-        import bnonly.models
-        self.patched = [m for m in vars(bnonly.models).values()
-                        if getattr(m, "__name__", "").startswith("bnonly.models.") and getattr(m, "fork", None)]
-        for m in self.patched:
-            m.fork = lambda x: (x, x)
-
-    def __exit__(self, *exc):
-        for m in self.patched:
-            m.fork = fused_norm.fork
-
-
 class KernelInsideCompile:
     """Inside the block, the fused path calls the kernel through :func:`kernel_custom_op` while
     ``torch.compile`` traces (eager calls are unchanged)."""
@@ -169,7 +149,7 @@ class KernelInsideCompile:
 
 def measure(against: str | None, model: str, train: str, batch_size: int, threads: int, rounds: int, warmup: int,
             data: str = "synthetic", unfuse: str | None = None, compiled: bool = False,
-            cpp_wrapper: bool = False, unfork: bool = False) -> dict:
+            cpp_wrapper: bool = False) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     if fused_norm.unavailable_reason():
@@ -189,8 +169,6 @@ def measure(against: str | None, model: str, train: str, batch_size: int, thread
                 inductor_config.cpp_wrapper = True
             other.model.compile()
             versions = {"new": contextlib.nullcontext, "old": KernelInsideCompile}
-        elif unfork:
-            versions = {"new": contextlib.nullcontext, "old": Unforked}
         elif unfuse is None:
             builds = {"new": fused_norm.library(), "old": fused_norm.build(old_source(against))}
             versions = {k: (lambda lib=lib: fused_norm.using(lib)) for k, lib in builds.items()}
@@ -218,7 +196,7 @@ def measure(against: str | None, model: str, train: str, batch_size: int, thread
     ratios = [o / n for o, n in zip(seconds["old"], seconds["new"])]
     low, high = bootstrap_median_interval(ratios)
     return {"model": model, "train": train, "batch_size": batch_size, "threads": threads, "rounds": rounds,
-            "against": against, "unfuse": unfuse, "compiled": compiled, "cpp_wrapper": cpp_wrapper, "unfork": unfork,
+            "against": against, "unfuse": unfuse, "compiled": compiled, "cpp_wrapper": cpp_wrapper,
             "first_step_s": {k: round(v, 2) for k, v in first.items()}, "unfused_layers": len(matched) if unfuse else 0, "data": data,
             "new_ms": round(1e3 * statistics.median(seconds["new"]), 2),
             "old_ms": round(1e3 * statistics.median(seconds["old"]), 2),
@@ -233,8 +211,6 @@ def main(argv: list[str] | None = None) -> dict:
                       help="compare with the BatchNorms whose module names match REGEX run as plain modules")
     what.add_argument("--compiled", action="store_true",
                       help="compare with the same model under torch.compile, the kernel inside the graph")
-    what.add_argument("--unfork", action="store_true",
-                      help="compare with autograd summing each residual block input's two gradients")
     p.add_argument("--cpp-wrapper", action="store_true", help="with --compiled: inductor's wrapper in C++")
     p.add_argument("--model", default="cifar_resnet_20")
     p.add_argument("--train", default="bn")
@@ -252,13 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     r = measure(args.against, args.model, args.train, args.batch_size, args.threads or usable_cores(), args.rounds,
-                max(1, args.warmup), args.data, args.unfuse, args.compiled, args.cpp_wrapper,
-                args.unfork) | {"label": args.label}
+                max(1, args.warmup), args.data, args.unfuse, args.compiled, args.cpp_wrapper) | {"label": args.label}
     print(f"{r['model']} train={r['train']} batch {r['batch_size']}, {r['threads']} threads, {r['rounds']} rounds: "
           f"step {r['new_ms']:.1f} ms with this tree's kernel, {r['old_ms']:.1f} ms "
           + (f"with {r['against']}'s; " if r["against"] else
              f"compiled around the kernel{' (C++ wrapper)' if r['cpp_wrapper'] else ''}; " if r["compiled"] else
-             "with the two gradients summed by autograd; " if r["unfork"] else
              f"with {r['unfused_layers']} BatchNorms unfused; ")
           + f"speedup {r['new_over_old']:.3f}x (95% interval {r['interval_95'][0]:.3f}-{r['interval_95'][1]:.3f})")
     append_json_line(args.json, r)

@@ -100,12 +100,8 @@ def build(source: bytes, cxx: str | None = None) -> ctypes.CDLL:
         raise OSError("no C++ compiler found (install g++, or set $CXX)")
     lib = ctypes.CDLL(str(_build(cxx, source, default_cache_dir() / "fused")))
     p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    # ABI 2 added the backward's second gradient (dy2); an older revision's source (the benchmarks'
-    # --against) is still called, with the sum made before the call.
-    lib.takes_two_gradients = hasattr(lib, "bnonly_norm_act_abi") and lib.bnonly_norm_act_abi() >= 2
     lib.bnonly_norm_act_forward.argtypes = [i, p, p, p, p, ctypes.c_double, p, p, p, p, i64, i64, i64, i, i, i]
-    lib.bnonly_norm_act_backward.argtypes = [i, p, *([p] if lib.takes_two_gradients else []), p, p, p, p, p, p, p,
-                                             p, p, p, i64, i64, i64, i, i, i]
+    lib.bnonly_norm_act_backward.argtypes = [i, p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i, i, i]
     lib.bnonly_norm_act_forward.restype = lib.bnonly_norm_act_backward.restype = None
     return lib
 
@@ -223,26 +219,20 @@ def kernel_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, residu
 
 def kernel_backward(dy: Tensor, y: Tensor | None, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                     mean: Tensor, invstd: Tensor, relu: bool, *, residual_grad: bool, input_grad: bool,
-                    weight_grad: bool, bias_grad: bool, dy2: Tensor | None = None
-                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+                    weight_grad: bool, bias_grad: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None,
+                                                                  Tensor | None]:
     """One call of the kernel's backward: (gradient of the residual, of x, of γ, of β), each None
     where not asked for. ``y``: the forward's output where it had a residual and a ReLU (the mask),
-    else None. ``dy2``: a second gradient of the output, read with ``dy`` as their sum (see
-    :func:`fork`)."""
+    else None."""
     n, c, s, cl, fmt = _layout(x)
-    lib = library()
     dy = dy.to(x.dtype).contiguous(memory_format=fmt)
-    if dy2 is not None:
-        dy2 = dy2.to(x.dtype).contiguous(memory_format=fmt)
-        if not lib.takes_two_gradients:
-            dy, dy2 = dy + dy2, None
     g = torch.empty_like(x) if residual_grad else None
     dx = torch.empty_like(x) if input_grad else None
     dw = torch.empty(c, dtype=torch.float32) if weight_grad else None
     db = torch.empty(c, dtype=torch.float32) if bias_grad else None
     if any(t is not None for t in (g, dx, dw, db)):
-        lib.bnonly_norm_act_backward(
-            _DTYPES[x.dtype], _ptr(dy), *([_ptr(dy2)] if lib.takes_two_gradients else []), _ptr(y), _ptr(x), _ptr(weight), _ptr(bias), _ptr(mean), _ptr(invstd),
+        library().bnonly_norm_act_backward(
+            _DTYPES[x.dtype], _ptr(dy), _ptr(y), _ptr(x), _ptr(weight), _ptr(bias), _ptr(mean), _ptr(invstd),
             _ptr(g), _ptr(dx), _ptr(dw), _ptr(db), n, c, s, cl, int(relu), torch.get_num_threads())
     return g, dx, dw, db
 
@@ -259,7 +249,7 @@ class _NormReLU(torch.autograd.Function):
         y, mean, var, invstd = kernel_forward(x, weight, bias, residual, eps, relu)
         # y only where the backward needs it: the ReLU's mask, which x alone cannot give once a residual was added
         ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None and relu else None)
-        ctx.has_residual, ctx.relu, ctx.shortcut_grad = residual is not None, relu, None
+        ctx.has_residual, ctx.relu = residual is not None, relu
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -267,47 +257,8 @@ class _NormReLU(torch.autograd.Function):
     def backward(ctx, dy: Tensor, _mean: Tensor, _var: Tensor):
         x, weight, bias, mean, invstd, y = ctx.saved_tensors
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        shortcut_grad, ctx.shortcut_grad = ctx.shortcut_grad, None  # left by _Fork.backward
         # the kernel computes the residual's gradient on the way to x's: it needs g whenever x's is asked
         g, dx, dw, db = kernel_backward(dy, y, x, weight, bias, mean, invstd, ctx.relu,
                                         residual_grad=ctx.has_residual and (need_r or need_x), input_grad=need_x,
-                                        weight_grad=need_w, bias_grad=need_b, dy2=shortcut_grad)
+                                        weight_grad=need_w, bias_grad=need_b)
         return dx, dw, db, (g if need_r else None), None, None
-
-
-def fork(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x`` for a residual block's two branches, (main, shortcut). Where ``x`` is the fused
-    kernel's output, its two gradients are not summed by autograd into a new tensor (a read of both
-    and a write, a whole activation each, per block); the shortcut's is handed to the kernel's
-    backward, which reads the two as their sum, rounded as the stored sum would have been, so
-    the gradients are the same bit for bit. Elsewhere (the plain modules, no autograd, tracing by
-    ``torch.compile``) it returns ``(x, x)``.
-
-    What autograd records as the gradient of ``x`` itself is then the main branch's alone: a
-    tensor hook on a block's input sees that part (no code here hooks tensors)."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return x, x
-    producer = x.grad_fn  # (not read under compile: dynamo cannot trace grad_fn)
-    if producer is None or type(producer) is not _NormReLU._backward_cls:
-        return x, x
-    return _Fork.apply(x, producer)
-
-
-class _Fork(torch.autograd.Function):
-    """(x, x) as two views; the backward returns the main branch's gradient and leaves the
-    shortcut's on ``producer`` (the kernel's backward node that made x), which runs after this
-    node by construction: its gradient comes from here."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, producer) -> tuple[Tensor, Tensor]:
-        ctx.producer = producer
-        return x.view_as(x), x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, main: Tensor | None, shortcut: Tensor | None):
-        if main is None or shortcut is None:
-            return (shortcut if main is None else main), None
-        if ctx.producer.shortcut_grad is not None:  # a second fork of the same output: sum here
-            shortcut = shortcut + ctx.producer.shortcut_grad
-        ctx.producer.shortcut_grad = shortcut
-        return main, None

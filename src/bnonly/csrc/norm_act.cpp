@@ -17,10 +17,7 @@
 // Backward: pass 1 reads dy, x (and y when there is a residual: the ReLU mask cannot be
 //           recomputed from x then) for Σg and Σg(x-mean), g = dy·mask, writing g when there is
 //           a residual (its gradient); pass 2 writes dx = a·g + k·(x-mean) + d. Without a
-//           residual the mask is recomputed from x with the forward's very expression. With a
-//           second gradient dy2 (the output also fed a residual block's shortcut), dy + dy2 is
-//           read in place of dy, rounded to the activations' dtype as the sum autograd would
-//           have stored, so the result is the same bit for bit and the sum is never written.
+//           residual the mask is recomputed from x with the forward's very expression.
 // Build with -ffp-contract=off so that expression rounds identically in both passes.
 
 #include <algorithm>
@@ -48,14 +45,6 @@ inline void st(uint16_t* p, int64_t i, float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
   p[i] = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-// a + b rounded to T, as a sum of two T tensors stored in T and read back would be.
-inline float rounded_sum(const float*, float a, float b) { return a + b; }
-inline float rounded_sum(const uint16_t*, float a, float b) {
-  uint16_t h;
-  st(&h, 0, a + b);
-  return ld(&h, 0);
 }
 
 // ReLU that keeps a NaN a NaN, as torch.relu does (a -0 stays -0, where torch gives +0: the same value).
@@ -249,41 +238,40 @@ void apply(const T* x, const T* r, const std::vector<float>& a, const std::vecto
   }
 }
 
-// g = dy · mask (dy + dy2 with TWO), where mask = y > 0 (FROM_Y: there was a residual) or
-// x*a + b > 0, recomputed with the forward's expression.
-template <bool RELU, bool FROM_Y, bool TWO, typename T>
-inline float masked(const T* dy, const T* dy2, const T* y, const T* x, float a, float b, int64_t i) {
-  float d = TWO ? rounded_sum(dy, ld(dy, i), ld(dy2, i)) : ld(dy, i);
+// g = dy · mask, where mask = y > 0 (FROM_Y: there was a residual) or x*a + b > 0, recomputed with
+// the forward's expression.
+template <bool RELU, bool FROM_Y, typename T>
+inline float masked(const T* dy, const T* y, const T* x, float a, float b, int64_t i) {
+  float d = ld(dy, i);
   if (!RELU) return d;
   bool on = FROM_Y ? ld(y, i) > 0.0f : (ld(x, i) * a + b) > 0.0f;
   return on ? d : 0.0f;
 }
 
-template <bool RELU, bool FROM_Y, bool WRITE_G, bool TWO, typename T>
-inline void grad_sums(const T* __restrict dy, const T* __restrict dy2, const T* __restrict y, const T* __restrict x,
-                      const float* __restrict a, const float* __restrict b, const float* __restrict mean,
-                      T* __restrict g_out, float* __restrict s1, float* __restrict s2, int64_t n) {
+template <bool RELU, bool FROM_Y, bool WRITE_G, typename T>
+inline void grad_sums(const T* __restrict dy, const T* __restrict y, const T* __restrict x, const float* __restrict a,
+                      const float* __restrict b, const float* __restrict mean, T* __restrict g_out,
+                      float* __restrict s1, float* __restrict s2, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    float g = masked<RELU, FROM_Y, TWO>(dy, dy2, y, x, a[j], b[j], j);
+    float g = masked<RELU, FROM_Y>(dy, y, x, a[j], b[j], j);
     if (WRITE_G) st(g_out, j, g);
     s1[j] += g;
     s2[j] += g * (ld(x, j) - mean[j]);
   }
 }
 
-template <bool RELU, bool FROM_Y, bool READ_G, bool TWO, typename T>
-inline void grad_input(const T* __restrict dy, const T* __restrict dy2, const T* __restrict y, const T* __restrict x,
-                       const T* __restrict g_in, const float* __restrict a, const float* __restrict b,
-                       const float* __restrict mean, const float* __restrict kx, const float* __restrict d,
-                       T* __restrict dx, int64_t n) {
+template <bool RELU, bool FROM_Y, bool READ_G, typename T>
+inline void grad_input(const T* __restrict dy, const T* __restrict y, const T* __restrict x, const T* __restrict g_in,
+                       const float* __restrict a, const float* __restrict b, const float* __restrict mean,
+                       const float* __restrict kx, const float* __restrict d, T* __restrict dx, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    float g = READ_G ? ld(g_in, j) : masked<RELU, FROM_Y, TWO>(dy, dy2, y, x, a[j], b[j], j);
+    float g = READ_G ? ld(g_in, j) : masked<RELU, FROM_Y>(dy, y, x, a[j], b[j], j);
     st(dx, j, a[j] * g + kx[j] * (ld(x, j) - mean[j]) + d[j]);
   }
 }
 
-template <bool RELU, bool FROM_Y, bool WRITE_G, bool TWO, typename T>
-void backward_impl(const T* dy, const T* dy2, const T* y, const T* x, const float* gamma, const float* beta, const float* mean,
+template <bool RELU, bool FROM_Y, bool WRITE_G, typename T>
+void backward_impl(const T* dy, const T* y, const T* x, const float* gamma, const float* beta, const float* mean,
                    const float* invstd, T* g_out, T* dx, float* dgamma, float* dbeta, const Shape& sh, int threads) {
   const int64_t C = sh.C, K = sh.chunks(), S = sh.S;
   std::vector<float> a, b;
@@ -295,22 +283,20 @@ void backward_impl(const T* dy, const T* dy2, const T* y, const T* x, const floa
   chunk_sums(sh, threads, [&](int64_t k, float* t1, float* t2) {
     if (sh.cl) {
       for_tiles(sh, k, [&](int64_t o, int64_t n) {
-        grad_sums<RELU, FROM_Y, WRITE_G, TWO>(dy + o, TWO ? dy2 + o : nullptr, FROM_Y ? y + o : nullptr, x + o,
-                                              at.data(), bt.data(), mt.data(), WRITE_G ? g_out + o : nullptr, t1,
-                                              t2, n);
+        grad_sums<RELU, FROM_Y, WRITE_G>(dy + o, FROM_Y ? y + o : nullptr, x + o, at.data(), bt.data(), mt.data(),
+                                         WRITE_G ? g_out + o : nullptr, t1, t2, n);
       });
     } else {
       const int64_t c = k % C, o = k * S;
       const float ac = a[c], bc = b[c], mc = mean[c];
       const T* __restrict dyp = dy + o;
-      const T* __restrict dy2p = TWO ? dy2 + o : nullptr;
       const T* __restrict yp = FROM_Y ? y + o : nullptr;
       const T* __restrict xp = x + o;
       T* __restrict gp = WRITE_G ? g_out + o : nullptr;
       float a1 = 0.0f, a2 = 0.0f;
 #pragma omp simd reduction(+ : a1, a2)
       for (int64_t s = 0; s < S; ++s) {
-        float g = masked<RELU, FROM_Y, TWO>(dyp, dy2p, yp, xp, ac, bc, s);
+        float g = masked<RELU, FROM_Y>(dyp, yp, xp, ac, bc, s);
         if (WRITE_G) st(gp, s, g);
         a1 += g;
         a2 += g * (ld(xp, s) - mc);
@@ -335,33 +321,31 @@ void backward_impl(const T* dy, const T* dy2, const T* y, const T* x, const floa
   for (int64_t k = 0; k < K; ++k) {
     if (sh.cl) {
       for_tiles(sh, k, [&](int64_t o, int64_t n) {
-        grad_input<RELU, FROM_Y, WRITE_G, TWO>(dy + o, TWO ? dy2 + o : nullptr, FROM_Y ? y + o : nullptr, x + o,
-                                               WRITE_G ? g_out + o : nullptr, at.data(), bt.data(), mt.data(),
-                                               kt.data(), dt.data(), dx + o, n);
+        grad_input<RELU, FROM_Y, WRITE_G>(dy + o, FROM_Y ? y + o : nullptr, x + o, WRITE_G ? g_out + o : nullptr,
+                                          at.data(), bt.data(), mt.data(), kt.data(), dt.data(), dx + o, n);
       });
     } else {
       const int64_t c = k % C, o = k * S;
       const float ac = a[c], bc = b[c], mc = mean[c], kc = kx[c], dc = d[c];
       const T* __restrict dyp = dy + o;
-      const T* __restrict dy2p = TWO ? dy2 + o : nullptr;
       const T* __restrict yp = FROM_Y ? y + o : nullptr;
       const T* __restrict xp = x + o;
       const T* __restrict gp = WRITE_G ? g_out + o : nullptr;
       T* __restrict dxp = dx + o;
       for (int64_t s = 0; s < S; ++s) {
-        float g = WRITE_G ? ld(gp, s) : masked<RELU, FROM_Y, TWO>(dyp, dy2p, yp, xp, ac, bc, s);
+        float g = WRITE_G ? ld(gp, s) : masked<RELU, FROM_Y>(dyp, yp, xp, ac, bc, s);
         st(dxp, s, ac * g + kc * (ld(xp, s) - mc) + dc);
       }
     }
   }
 }
 
-template <bool TWO, typename T>
-void backward(const T* dy, const T* dy2, const T* y, const T* x, const float* gamma, const float* beta,
-              const float* mean, const float* invstd, T* g_out, T* dx, float* dgamma, float* dbeta, const Shape& sh,
-              int relu, int threads) {
+template <typename T>
+void backward(const T* dy, const T* y, const T* x, const float* gamma, const float* beta, const float* mean,
+              const float* invstd, T* g_out, T* dx, float* dgamma, float* dbeta, const Shape& sh, int relu,
+              int threads) {
 #define BNONLY_BWD(R, Y, G) \
-  backward_impl<R, Y, G, TWO>(dy, dy2, y, x, gamma, beta, mean, invstd, g_out, dx, dgamma, dbeta, sh, threads)
+  backward_impl<R, Y, G>(dy, y, x, gamma, beta, mean, invstd, g_out, dx, dgamma, dbeta, sh, threads)
   if (!relu) {
     if (g_out) BNONLY_BWD(false, false, true); else BNONLY_BWD(false, false, false);
   } else if (y) {
@@ -389,12 +373,10 @@ void forward(const T* x, const T* r, const float* gamma, const float* beta, doub
 
 extern "C" {
 
-// 2: the backward takes dy2 (after dy). bnonly/fused_norm.py still calls a version-1 library (another
-// revision's source, in the benchmarks' --against) with the sum made first.
-int bnonly_norm_act_abi() { return 2; }
+int bnonly_norm_act_abi() { return 1; }
 
 // dtype: 0 float32, 1 bfloat16. Pointers may be null where optional (r, gamma, beta; in the
-// backward dy2, y, g_out, dx, dgamma, dbeta).
+// backward y, g_out, dx, dgamma, dbeta).
 void bnonly_norm_act_forward(int dtype, const void* x, const void* r, const float* gamma, const float* beta,
                              double eps, void* y, float* mean, float* var, float* invstd, int64_t N, int64_t C,
                              int64_t S, int cl, int relu, int threads) {
@@ -406,20 +388,17 @@ void bnonly_norm_act_forward(int dtype, const void* x, const void* r, const floa
             threads);
 }
 
-void bnonly_norm_act_backward(int dtype, const void* dy, const void* dy2, const void* y, const void* x,
-                              const float* gamma, const float* beta, const float* mean, const float* invstd,
-                              void* g_out, void* dx, float* dgamma, float* dbeta, int64_t N, int64_t C, int64_t S,
-                              int cl, int relu, int threads) {
+void bnonly_norm_act_backward(int dtype, const void* dy, const void* y, const void* x, const float* gamma,
+                              const float* beta, const float* mean, const float* invstd, void* g_out, void* dx,
+                              float* dgamma, float* dbeta, int64_t N, int64_t C, int64_t S, int cl, int relu,
+                              int threads) {
   Shape sh{N, C, S, cl};
-#define BNONLY_BWD(TWO, T)                                                                                      \
-  backward<TWO>((const T*)dy, (const T*)dy2, (const T*)y, (const T*)x, gamma, beta, mean, invstd, (T*)g_out, \
-                (T*)dx, dgamma, dbeta, sh, relu, threads)
-  if (dtype == 0) {
-    if (dy2) BNONLY_BWD(true, float); else BNONLY_BWD(false, float);
-  } else {
-    if (dy2) BNONLY_BWD(true, uint16_t); else BNONLY_BWD(false, uint16_t);
-  }
-#undef BNONLY_BWD
+  if (dtype == 0)
+    backward((const float*)dy, (const float*)y, (const float*)x, gamma, beta, mean, invstd, (float*)g_out,
+             (float*)dx, dgamma, dbeta, sh, relu, threads);
+  else
+    backward((const uint16_t*)dy, (const uint16_t*)y, (const uint16_t*)x, gamma, beta, mean, invstd,
+             (uint16_t*)g_out, (uint16_t*)dx, dgamma, dbeta, sh, relu, threads);
 }
 
 }  // extern "C"

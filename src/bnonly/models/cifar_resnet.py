@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bnonly.fused_norm import fork, norm_act
+from bnonly.fused_norm import norm_act
 from bnonly.models.init import fill
 from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
@@ -83,11 +83,10 @@ class Block(nn.Module):
         fill(self.scale, lambda t: t.fill_(self.branch_scale))
 
     def forward(self, x: Tensor) -> Tensor:
-        x, shortcut = fork(x)
         out = norm_act(self.bn1, self.relu, self.conv1(x))
         if self.scale is None:
-            return norm_act(self.bn2, self.relu, self.conv2(out), self._shortcut(shortcut))
-        return self.relu(self.bn2(self.conv2(out)) * self.scale + self.shortcut(shortcut))
+            return norm_act(self.bn2, self.relu, self.conv2(out), self._shortcut(x))
+        return self.relu(self.bn2(self.conv2(out)) * self.scale + self.shortcut(x))
 
     def _shortcut(self, x: Tensor) -> Tensor:
         """The shortcut; a projection's normalizer through ``norm_act`` without an activation, so

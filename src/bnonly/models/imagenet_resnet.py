@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bnonly.fused_norm import fork, norm_act
+from bnonly.fused_norm import norm_act
 from bnonly.models.registry import MODEL_FAMILIES, ModelNameError
 
 DEFAULT_WIDTH = 64
@@ -28,8 +28,7 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        x, shortcut = fork(x)
-        identity = shortcut if self.downsample is None else self.downsample(shortcut)
+        identity = x if self.downsample is None else self.downsample(x)
         out = norm_act(self.bn1, self.relu, self.conv1(x))
         return norm_act(self.bn2, self.relu, self.conv2(out), identity)
 
@@ -52,8 +51,7 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        x, shortcut = fork(x)
-        identity = shortcut if self.downsample is None else self.downsample(shortcut)
+        identity = x if self.downsample is None else self.downsample(x)
         out = norm_act(self.bn1, self.relu, self.conv1(x))
         out = norm_act(self.bn2, self.relu, self.conv2(out))
         return norm_act(self.bn3, self.relu, self.conv3(out), identity)
