@@ -94,7 +94,8 @@ def kernel_custom_op():
 
     @torch.library.custom_op("bnonly_bench::norm_act_backward", mutates_args=())
     def backward_op(dy: Tensor, y: Tensor | None, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                    mean: Tensor, invstd: Tensor, relu: bool, has_residual: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    mean: Tensor, invstd: Tensor, relu: bool,
+                    has_residual: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         grads = fused_norm.kernel_backward(dy, y, x, weight, bias, mean, invstd, relu, residual_grad=has_residual,
                                            input_grad=True, weight_grad=weight is not None, bias_grad=bias is not None)
         return tuple(x.new_empty(0) if t is None else t for t in grads)
@@ -197,7 +198,8 @@ def measure(against: str | None, model: str, train: str, batch_size: int, thread
     low, high = bootstrap_median_interval(ratios)
     return {"model": model, "train": train, "batch_size": batch_size, "threads": threads, "rounds": rounds,
             "against": against, "unfuse": unfuse, "compiled": compiled, "cpp_wrapper": cpp_wrapper,
-            "first_step_s": {k: round(v, 2) for k, v in first.items()}, "unfused_layers": len(matched) if unfuse else 0, "data": data,
+            "first_step_s": {k: round(v, 2) for k, v in first.items()},
+            "unfused_layers": len(matched) if unfuse else 0, "data": data,
             "new_ms": round(1e3 * statistics.median(seconds["new"]), 2),
             "old_ms": round(1e3 * statistics.median(seconds["old"]), 2),
             "new_over_old": round(statistics.median(ratios), 4), "interval_95": [round(low, 4), round(high, 4)]}

@@ -523,9 +523,9 @@ def test_the_compiled_copy_keeps_the_kernel_inside_and_trains_as_the_eager_step(
     a, b = eager_built.model.state_dict(), compiled_built.model.state_dict()
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-5
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ab_kernel_step.py"
-    done = subprocess.run([sys.executable, str(script), "--compiled", "--model", "cifar_resnet_8_8", "--batch-size", "16",
-                           "--threads", "1", "--rounds", "4", "--warmup", "1"], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, str(script), "--compiled", "--model", "cifar_resnet_8_8",
+                           "--batch-size", "16", "--threads", "1", "--rounds", "4", "--warmup", "1"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "compiled around the kernel; speedup" in done.stdout, done.stderr[-2000:]
     bad = subprocess.run([sys.executable, str(script), "--against", "HEAD", "--cpp-wrapper"],
                          capture_output=True, text=True, timeout=300)
