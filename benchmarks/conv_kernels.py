@@ -9,6 +9,11 @@
   frozen conv's backward runs), and the same gradient as a *forward* conv with the weight
   flipped and transposed once (possible only because the weight never changes);
 - im2col + GEMM (PyTorch's slow_conv2d) and NNPACK (Winograd-based), the alternatives.
+
+``--dtype bfloat16`` times the oneDNN kernels in bf16 (what the fast path runs on a bf16 CPU), each
+also as a share of the square-``torch.mm`` peak that ``bnonly bench`` divides by, measured in the
+same process: on an AMX CPU it says how much of that peak the CIFAR layer shapes reach with hot
+caches, an upper bound for the same convolutions inside a step.
 """
 
 from __future__ import annotations
@@ -25,13 +30,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
     cl = torch.channels_last
-    print(f"threads {args.threads}; GFLOP/s, median of {args.repeats} interleaved repeats")
+    peak = None
+    if dtype == torch.bfloat16:
+        from bnonly.bench import matmul_peak
+        peak = matmul_peak(torch.device("cpu"), dtype)["flops_per_s"]
+        print(f"bfloat16 square torch.mm peak: {peak / 1e9:.1f} GFLOP/s")
+    print(f"threads {args.threads}; {args.dtype}; GFLOP/s, median of {args.repeats} interleaved repeats"
+          + ("; (% of the mm peak)" if peak else ""))
     for channels, size in ((16, 32), (32, 16), (64, 8)):
-        x = torch.randn(128, channels, size, size)
-        w = torch.randn(channels, channels, 3, 3)
+        x = torch.randn(128, channels, size, size, dtype=dtype)
+        w = torch.randn(channels, channels, 3, 3, dtype=dtype)
         xc, wc = x.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
         flipped = w.flip(2, 3).transpose(0, 1).contiguous(memory_format=cl)
         mask = [True, False, False]
@@ -41,9 +54,10 @@ def main() -> None:
             "oneDNN input-grad (cl)": lambda: torch.ops.aten.convolution_backward(
                 xc, xc, wc, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask),
             "fwd with pre-flipped weight (cl)": lambda: F.conv2d(xc, flipped, padding=1),
-            "im2col+GEMM (slow_conv2d)": lambda: torch._C._nn.thnn_conv2d(x, w, 3, None, 1, 1),
         }
-        if torch._nnpack_available():
+        if dtype == torch.float32:  # neither alternative has a bf16 kernel
+            kernels["im2col+GEMM (slow_conv2d)"] = lambda: torch._C._nn.thnn_conv2d(x, w, 3, None, 1, 1)
+        if torch._nnpack_available() and dtype == torch.float32:
             bias = torch.zeros(channels)
             kernels["NNPACK"] = lambda: torch._nnpack_spatial_convolution(x, w, bias, [1, 1], [1, 1])
         times = {k: [] for k in kernels}
@@ -55,7 +69,9 @@ def main() -> None:
                 f()
                 times[k].append(time.perf_counter() - t0)
         flops = 2 * 128 * channels * channels * 9 * size * size
-        cells = "  ".join(f"{k} {flops / statistics.median(v) / 1e9:.1f}" for k, v in times.items())
+        rates = {k: flops / statistics.median(v) for k, v in times.items()}
+        share = {k: f" ({100 * r / peak:.0f}%)" if peak else "" for k, r in rates.items()}
+        cells = "  ".join(f"{k} {r / 1e9:.1f}{share[k]}" for k, r in rates.items())
         print(f"{channels} ch {size}x{size}: {cells}")
 
 
