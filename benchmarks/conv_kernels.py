@@ -13,7 +13,7 @@
 ``--dtype bfloat16`` times the oneDNN kernels in bf16 (what the fast path runs on a bf16 CPU), each
 also as a share of the square-``torch.mm`` peak that ``bnonly bench`` divides by, measured in the
 same process: on an AMX CPU it says how much of that peak the CIFAR layer shapes reach with hot
-caches, an upper bound for the same convolutions inside a step.
+caches, what the same convolutions could reach inside a step if their inputs were still cached.
 """
 
 from __future__ import annotations
