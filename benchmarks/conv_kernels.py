@@ -57,9 +57,9 @@ def main() -> None:
         }
         if dtype == torch.float32:  # neither alternative has a bf16 kernel
             kernels["im2col+GEMM (slow_conv2d)"] = lambda: torch._C._nn.thnn_conv2d(x, w, 3, None, 1, 1)
-        if torch._nnpack_available() and dtype == torch.float32:
-            bias = torch.zeros(channels)
-            kernels["NNPACK"] = lambda: torch._nnpack_spatial_convolution(x, w, bias, [1, 1], [1, 1])
+            if torch._nnpack_available():
+                bias = torch.zeros(channels)
+                kernels["NNPACK"] = lambda: torch._nnpack_spatial_convolution(x, w, bias, [1, 1], [1, 1])
         times = {k: [] for k in kernels}
         for f in kernels.values():
             f()
