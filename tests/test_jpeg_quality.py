@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -46,23 +47,34 @@ def test_prepare_writes_each_copy_with_its_psnr_and_a_sweep_over_them(tmp_path):
         assert reopened.classes == ["cat", "dog"] and len(reopened.test.labels) == 6
     sweep = yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())
     assert sweep["grid"]["data"] == [c["folder"] for c in copies.values()]  # --lossless: the copies only
-    assert sweep["base"]["train"] == "all" and sweep["base"]["milestones"] == [7.5, 11.25]
+    assert sweep["grid"]["train"] == ["all"] and sweep["base"]["milestones"] == [7.5, 11.25]
     assert json.loads((tmp_path / "out" / "psnr.json").read_text())["copies"]["q10"]["quality"] == 10
 
 
-def test_report_puts_each_run_beside_its_copy(tmp_path):
+def test_report_puts_each_run_beside_its_copy_and_its_change_per_spec(tmp_path):
     _png_folder(tmp_path / "src")
     out = tmp_path / "out"
-    jpeg_quality.prepare(str(tmp_path / "src"), out, [50], lossless=False)
+    jpeg_quality.prepare(str(tmp_path / "src"), out, [50], lossless=False, train=("all", "bn"))
     sweep = yaml.safe_load((out / "sweep.yaml").read_text())
     assert sweep["grid"]["data"][0] == str((tmp_path / "src").resolve())  # the source itself is the reference
-    for i, data in enumerate(sweep["grid"]["data"]):
-        run = out / "runs" / f"run{i}"
+    assert sweep["grid"]["train"] == ["all", "bn"]
+    accuracy = {("all", 0): 0.5, ("all", 1): 0.4, ("bn", 0): 0.3, ("bn", 1): 0.295}
+    for (train, i), acc in accuracy.items():
+        run = out / "runs" / f"{train}{i}"
         run.mkdir(parents=True)
-        (run / "config.json").write_text(json.dumps({"data": data, "epochs": 15}))
-        (run / "summary.json").write_text(json.dumps({"status": "done", "test_acc": 0.5 - i / 10, "wall_seconds": 1}))
+        (run / "config.json").write_text(json.dumps({"data": sweep["grid"]["data"][i], "epochs": 15, "train": train}))
+        (run / "summary.json").write_text(json.dumps({"status": "done", "test_acc": acc, "wall_seconds": 1}))
         (run / "metrics.jsonl").write_text("{}\n")
     table = jpeg_quality.report(out, tmp_path / "results").splitlines()
-    assert table[2].startswith("| source (as shared) | 75 | — |") and table[2].endswith("| 50.00% | 15 |")
-    assert table[3].startswith("| q50 | 50 |") and table[3].endswith("| 40.00% | 15 |")
-    assert sorted(p.name for p in (tmp_path / "results" / "runs").iterdir()) == ["run0", "run1"]
+    assert table[2].startswith("| `all` | source (as shared) | 75 | — |")
+    assert table[2].endswith("| 50.00% | +0.00 | 15 |")
+    assert table[3].startswith("| `all` | q50 | 50 |") and table[3].endswith("| 40.00% | -10.00 | 15 |")
+    assert table[4].startswith("| `bn` | source (as shared) |") and table[5].endswith("| 29.50% | -0.50 | 15 |")
+    assert sorted(p.name for p in (tmp_path / "results" / "runs").iterdir()) == ["all0", "all1", "bn0", "bn1"]
+
+
+def test_prepare_refuses_an_unknown_spec_before_encoding_anything(tmp_path):
+    _png_folder(tmp_path / "src")
+    with pytest.raises(SystemExit, match="--train: unknown what-trains term 'bogus'"):
+        jpeg_quality.prepare(str(tmp_path / "src"), tmp_path / "out", [50], lossless=False, train=("bn", "bogus"))
+    assert not (tmp_path / "out").exists()
