@@ -99,6 +99,33 @@ def test_local_sweep_two_jobs_trains_records_failures_and_skips_on_rerun(tmp_pat
                      "failed before (--retry-failed retries)": [c.run_name for c in cfgs[2:]]}
 
 
+def test_status_says_how_far_running_and_stopped_runs_are_and_when_they_end(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", base={"epochs": 160, "out": str(tmp_path / "runs")},
+                      grid={"seed": [0, 1, 2, 3]})
+    cfgs = expand(load_spec(spec))
+    # seed 0 is being trained (locked), seed 1 stopped part way, seed 2 not started, seed 3 has
+    # metrics but no checkpoint to resume from (it would start over): not "stopped part way".
+    walls = [0, 100, 200, 1200, 1300, 1400, 1500, 1610]  # a pause between epochs 2 and 3; the latest took 110 s
+    RunDir(tmp_path / "runs" / cfgs[0].run_name).write_metrics(
+        [dict(epoch=float(e), wall_seconds=float(w), format=2) for e, w in enumerate(walls) if e])
+    for seed in (1, 3):
+        RunDir(tmp_path / "runs" / cfgs[seed].run_name).write_metrics([dict(epoch=1.0, wall_seconds=40.0, format=2)])
+    (tmp_path / "runs" / cfgs[1].run_name / "checkpoint.pt").write_bytes(b"")
+    with RunDir(tmp_path / "runs" / cfgs[0].run_name).lock():
+        st = status(cfgs)
+        assert main(["sweep", str(spec), "--status"]) == 0
+    shown = capsys.readouterr().out
+    # the median of the last five paces (1000, 100, 100, 100, 110): the pause does not set it
+    assert st["running"][0]["progress"] == dict(epoch=7.0, epochs=160, seconds_per_epoch=100.0, seconds_left=15300.0)
+    assert st["stopped"] == [dict(run=cfgs[1].run_name, progress=dict(
+        epoch=1.0, epochs=160, seconds_per_epoch=40.0, seconds_left=6360.0))]
+    assert "epoch 7/160, 100 s an epoch lately, about 4.2 h left at that pace" in shown
+    assert f"stopped part way (the same command resumes them from their checkpoints):\n  {cfgs[1].run_name}: " \
+           "epoch 1/160, 40 s an epoch lately, about 1.8 h left at that pace" in shown
+    assert cfgs[2].run_name not in shown and cfgs[3].run_name not in shown
+    assert st["counts"] == dict(done=0, running=1, failed=0, pending=3) and st["resumable"] == 1
+
+
 def test_a_locked_run_is_never_trained_twice(tmp_path, capsys):
     cfg = from_dict({**BASE, "out": str(tmp_path / "runs"), "threads": 1, "progress": False})
     run = RunDir(tmp_path / "runs" / cfg.run_name)

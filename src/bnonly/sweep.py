@@ -149,13 +149,44 @@ def status(cfgs: list[cfgmod.TrainConfig]) -> dict:
     by_state: dict[str, list] = {s: [] for s in STATES}
     for cfg in cfgs:
         by_state[state(cfg)].append(cfg)
-    resumable = sum(run_dir(c).checkpoint.exists() or run_dir(c).previous_checkpoint.exists()
-                    for c in by_state["pending"])
+    resumable = sum(map(_has_checkpoint, by_state["pending"]))
     failures = [dict(run=c.run_name, reason=(run_dir(c).read_summary() or {}).get("reason", "?"),
                      run_dir=str(run_dir(c).path)) for c in by_state["failed"]]
-    running = [dict(run=c.run_name, holder=_holder(run_dir(c))) for c in by_state["running"]]
+    running = [dict(run=c.run_name, holder=_holder(run_dir(c)), progress=progress(c)) for c in by_state["running"]]
+    stopped = [dict(run=c.run_name, progress=p) for c in by_state["pending"]
+               if _has_checkpoint(c) and (p := progress(c))]
     return dict(counts={s: len(v) for s, v in by_state.items()}, resumable=resumable,
-                failures=failures, running=running)
+                failures=failures, running=running, stopped=stopped)
+
+
+#: How many of the latest evaluations the pace of a run is taken from.
+PACE_WINDOW = 5
+
+
+def progress(cfg: cfgmod.TrainConfig) -> dict | None:
+    """How far a started run is, from its metrics: the last evaluated epoch out of the run's, the
+    pace in seconds an epoch (median over the latest PACE_WINDOW evaluations, so that one interval
+    spanning a pause or a restart does not set it) and the time left at that pace. None before the
+    first evaluation. For long runs that span sessions: how far they got and when they will end."""
+    rows = [r for r in run_dir(cfg).read_metrics() if "epoch" in r and "wall_seconds" in r]
+    if not rows:
+        return None
+    recent = rows[-(PACE_WINDOW + 1):]
+    paces = sorted((b["wall_seconds"] - a["wall_seconds"]) / (b["epoch"] - a["epoch"])
+                   for a, b in zip(recent, recent[1:]) if b["epoch"] > a["epoch"])
+    epoch = rows[-1]["epoch"]
+    if paces:
+        pace = paces[len(paces) // 2]
+    elif epoch > 0:  # one evaluation so far: the pace since the start
+        pace = rows[-1]["wall_seconds"] / epoch
+    else:
+        return dict(epoch=epoch, epochs=cfg.epochs, seconds_per_epoch=None, seconds_left=None)
+    left = max(0.0, cfg.epochs - epoch) * pace
+    return dict(epoch=epoch, epochs=cfg.epochs, seconds_per_epoch=pace, seconds_left=left)
+
+
+def _has_checkpoint(cfg: cfgmod.TrainConfig) -> bool:
+    return run_dir(cfg).checkpoint.exists() or run_dir(cfg).previous_checkpoint.exists()
 
 
 def _holder(run: RunDir) -> str:

@@ -115,5 +115,20 @@ def format_status(spec: str, cfgs: list[cfgmod.TrainConfig], st: dict) -> str:
         lines += [f"  {f['run']}: {f['reason']}" for f in st["failures"]]
     if st["running"]:
         lines.append("running:")
-        lines += [f"  {r['run']}: {r['holder']}" for r in st["running"]]
+        lines += [f"  {r['run']}: {r['holder']}" + format_progress(r["progress"], "; ") for r in st["running"]]
+    if st["stopped"]:
+        lines.append("stopped part way (the same command resumes them from their checkpoints):")
+        lines += [f"  {r['run']}" + format_progress(r["progress"], ": ") for r in st["stopped"]]
     return "\n".join(lines)
+
+
+def format_progress(progress: dict | None, lead: str) -> str:
+    """'epoch 8/160, 101 s an epoch lately, about 4.4 h left' after ``lead``, or '' before any epoch."""
+    if progress is None:
+        return ""
+    text = f"{lead}epoch {progress['epoch']:g}/{progress['epochs']:g}"
+    if progress["seconds_per_epoch"] is not None:
+        hours = progress["seconds_left"] / 3600
+        left = f"{hours:.1f} h" if hours >= 1 else f"{progress['seconds_left'] / 60:.0f} min"
+        text += f", {progress['seconds_per_epoch']:.0f} s an epoch lately, about {left} left at that pace"
+    return text
