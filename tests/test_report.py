@@ -19,7 +19,7 @@ from bnonly.analysis import column_values, migrate
 from bnonly.cli import main
 from bnonly.config import TrainConfig
 from bnonly.models import MODEL_FAMILIES, create_model
-from bnonly.report import ReportError, make_report, model_shape, normalized, off_recipe
+from bnonly.report import NO_FOLDER, ReportError, make_report, model_shape, normalized, off_recipe
 from bnonly.rundir import atomic_write_json
 from bnonly.trainable import bn_param_count
 from bnonly.training import train
@@ -95,8 +95,8 @@ def test_report_markdown_and_figures(reported):
     assert "lr ×0.1 at epochs 1, 1.5" in text
     # Unfinished and never-started runs are named.
     assert "`cifar_resnet_8_8` `output` seed 0: interrupted, no epoch done yet" in text
-    assert "`cifar_resnet_20_8` `bn` seed 0: not started" in text
-    assert "`cifar_resnet_20_8` `bn` [weight_init=signed_constant] seed 0: not started" in text
+    assert f"`cifar_resnet_20_8` `bn` seed 0: {NO_FOLDER}" in text
+    assert f"`cifar_resnet_20_8` `bn` [weight_init=signed_constant] seed 0: {NO_FOLDER}" in text
     assert "Not finished yet: 3 run(s)" in text
     # One normalizer, one kind of BN statistics, a shortened schedule: no column for either, no side-by-side.
     assert "| model | what trains | seeds | top-1 (%) |" in text and "At the paper's schedule" not in text

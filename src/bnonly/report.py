@@ -207,9 +207,15 @@ def _off_recipe_label(cfg: dict) -> str:
     return ", ".join(f"{k}={_fmt_field(k, values.get(k))}" for k in off_recipe(values))
 
 
+#: The status of a sweep's run that has no folder among the runs gathered.
+NO_FOLDER = "not among these runs (not started, or training in another folder)"
+
+
 def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[dict]:
     """Runs not finished: run folders below ``root`` without a "done" summary (running,
-    interrupted or failed) and, given a sweep file, the sweep's runs not started at all."""
+    interrupted or failed) and, given a sweep file, the sweep's runs with no folder below ``root``:
+    not started, or training in another folder (results/ folders gather finished runs only, while
+    the runs train elsewhere), which ``root`` cannot tell apart."""
     out, seen = [], set()
     for cfg_path in sorted(Path(root).rglob("config.json")):
         run = RunDir(cfg_path.parent)
@@ -229,7 +235,7 @@ def unfinished(root: str | Path, sweep_file: str | Path | None = None) -> list[d
         for cfg in expand(load_spec(sweep_file), out=str(root)):
             if cfg.run_name not in seen and not RunDir(Path(root) / cfg.run_name).is_done():
                 out.append(dict(run=cfg.run_name, model=cfg.model, train=cfg.train, seed=cfg.seed,
-                                off_recipe=_off_recipe_label(cfg.to_dict()), status="not started"))
+                                off_recipe=_off_recipe_label(cfg.to_dict()), status=NO_FOLDER))
     return out
 
 
