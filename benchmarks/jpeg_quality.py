@@ -7,7 +7,8 @@ a sweep that trains the same config on every copy; ``report`` puts accuracy besi
 
     # 1. the copies, their PSNR and the sweep file (about a minute per quality on one core)
     python3 benchmarks/jpeg_quality.py prepare --source ../shared/data/cifar10-jpeg --out /work/jpeg
-    #    (--train all,bn trains BN-only on every copy too)
+    #    (--train all,bn trains BN-only on every copy too; --seeds 0,1 each with two seeds; run
+    #    prepare again on the same --out for more seeds or specs: what it measured is kept)
     # 2. train (niced, resumable; `all` ResNet-14, the paper's recipe on a shortened schedule)
     nice bnonly sweep /work/jpeg/sweep.yaml --jobs 2
     # 3. the table, into results/jpeg_quality/
@@ -44,7 +45,7 @@ from bnonly.trainable import SpecError, parse_spec
 #: training, where the 4-point gap is; `bn` beside it says whether the data costs BN-only as much).
 EPOCHS = 15
 TRAIN = "all"
-RECIPE = dict(model="cifar_resnet_14", seed=0, epochs=EPOCHS, schedule_epochs=EPOCHS,
+RECIPE = dict(model="cifar_resnet_14", epochs=EPOCHS, schedule_epochs=EPOCHS,
               milestones=[EPOCHS * 0.5, EPOCHS * 0.75], threads=1)
 
 
@@ -78,7 +79,12 @@ def write_copy(split, root: Path, quality: int | None) -> np.ndarray:
     return decoded
 
 
-def prepare(source: str, out: Path, qualities: list[int], lossless: bool, train: tuple[str, ...] = (TRAIN,)) -> dict:
+def prepare(source: str, out: Path, qualities: list[int], lossless: bool, train: tuple[str, ...] = (TRAIN,),
+            seeds: tuple[int, ...] = (0,)) -> dict:
+    """Re-encode ``source`` at each quality under OUT, measure PSNR, write OUT/sweep.yaml training every
+    spec of ``train`` with every seed on the copies made now (and the source itself unless
+    ``lossless``). Called again on the same OUT (more seeds, specs or qualities), it keeps the copies
+    measured before in OUT/psnr.json, so that ``report`` still names every run's copy."""
     for spec in train:  # before minutes of re-encoding, not when the sweep starts
         try:
             parse_spec(spec)
@@ -88,6 +94,13 @@ def prepare(source: str, out: Path, qualities: list[int], lossless: bool, train:
     if data.train.kind != "array":
         raise SystemExit(f"{source} opens as streamed images; this compares in-memory (CIFAR-size) datasets only")
     measured = {"source": str(Path(source).resolve()), "psnr_against": "the source images", "copies": {}}
+    if (out / "psnr.json").exists():
+        before = json.loads((out / "psnr.json").read_text())
+        if before["source"] != measured["source"]:
+            raise SystemExit(f"{out} holds copies of {before['source']}, not of {measured['source']}: "
+                             "give another --out")
+        measured["copies"] = before["copies"]
+    made = []
     for quality in [*([None] if lossless else []), *qualities]:
         name = "lossless" if quality is None else f"q{quality}"
         folder = out / name
@@ -97,11 +110,13 @@ def prepare(source: str, out: Path, qualities: list[int], lossless: bool, train:
             values[split_name] = psnr(reference, write_copy(split, folder / split_name, quality))
         measured["copies"][name] = dict(quality=quality, folder=str(folder), psnr_train=values["train"],
                                         psnr_test=values["test"])
+        made.append(str(folder))
         print(f"{name}: PSNR train {values['train']:.2f} dB, test {values['test']:.2f} dB -> {folder}")
-    data = [c["folder"] for c in measured["copies"].values()]
+    data = made
     if not lossless:  # the source itself (the shared q75 set), trained as it is, is the reference
         data.insert(0, str(Path(source).resolve()))
-    sweep = {"base": dict(RECIPE, out=str(out / "runs")), "grid": {"data": data, "train": list(train)}}
+    sweep = {"base": dict(RECIPE, out=str(out / "runs")),
+             "grid": {"data": data, "train": list(train), "seed": list(seeds)}}
     (out / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     (out / "psnr.json").write_text(json.dumps(measured, indent=2) + "\n")
     print(f"wrote {out / 'sweep.yaml'} and {out / 'psnr.json'}")
@@ -120,36 +135,58 @@ def report(out: Path, results: Path) -> str:
         if summary.get("status") != "done":
             continue
         name, copy = by_folder.get(str(Path(config["data"]).resolve()), ("source (as shared)", None))
-        rows.append(dict(train=config.get("train", TRAIN), copy=name, quality=copy["quality"] if copy else 75,
+        rows.append(dict(train=config.get("train", TRAIN), seed=config.get("seed", 0), copy=name,
+                         quality=copy["quality"] if copy else 75,
                          data=config["data"],
                          psnr_test=copy["psnr_test"] if copy else None,
                          psnr_train=copy["psnr_train"] if copy else None,
                          test_acc=summary["test_acc"], epochs=config["epochs"], run=summary_path.parent.name,
                          wall_seconds=summary["wall_seconds"]))
-    rows.sort(key=lambda r: (r["train"], -(r["quality"] or 101)))
-    reference = {}  # per spec, the least compressed copy's accuracy: each row's change is against it
+    rows.sort(key=lambda r: (r["train"], r["seed"], -(r["quality"] or 101)))
+    reference = {}  # per spec and seed, the least compressed copy's accuracy: each row's change is against it
     for r in rows:
-        reference.setdefault(r["train"], r["test_acc"])
-        r["change_points"] = 100 * (r["test_acc"] - reference[r["train"]])
+        reference.setdefault((r["train"], r["seed"]), r["test_acc"])
+        r["change_points"] = 100 * (r["test_acc"] - reference[r["train"], r["seed"]])
     results.mkdir(parents=True, exist_ok=True)
     for r in rows:  # the runs' small files, never weights
         (results / "runs" / r["run"]).mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "summary.json", "metrics.jsonl"):
             shutil.copy(out / "runs" / r["run"] / name, results / "runs" / r["run"] / name)
     (results / "runs.json").write_text(json.dumps(dict(measured, runs=rows), indent=2) + "\n")
-    lines = ["| what trains | copy | JPEG quality | PSNR test (dB) | PSNR train (dB) | test acc | change (points) "
-             "| epochs |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| what trains | seed | copy | JPEG quality | PSNR test (dB) | PSNR train (dB) | test acc "
+             "| change (points) | epochs |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         db = lambda v: "—" if v is None else ("∞" if math.isinf(v) else f"{v:.2f}")
-        lines.append(f"| `{r['train']}` | {r['copy']} | {r['quality'] or 'lossless'} | {db(r['psnr_test'])} "
-                     f"| {db(r['psnr_train'])} | {100 * r['test_acc']:.2f}% | {r['change_points']:+.2f} "
-                     f"| {r['epochs']:g} |")
-    table = "\n".join(lines)
+        lines.append(f"| `{r['train']}` | {r['seed']} | {r['copy']} | {r['quality'] or 'lossless'} "
+                     f"| {db(r['psnr_test'])} | {db(r['psnr_train'])} | {100 * r['test_acc']:.2f}% "
+                     f"| {r['change_points']:+.2f} | {r['epochs']:g} |")
+    table = "\n".join(lines + _over_seeds(rows))
     against = measured["psnr_against"] if "lossless" in measured["copies"] else "the shared quality-75 images"
     (results / "table.md").write_text(f"PSNR against {against}; source {measured['source']}. Change: test "
                                       f"accuracy against the least compressed copy's, same spec.\n\n{table}\n")
     print(table)
     return table
+
+
+def _over_seeds(rows: list[dict]) -> list[str]:
+    """Where a spec ran on a copy with several seeds: the change's mean ± std over those seeds, as
+    lines of a second table (none when every spec and copy has one seed)."""
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["train"], r["copy"]), []).append(r)
+    if all(len(v) < 2 for v in runs.values()):
+        return []
+
+    def mean_std(values: list[float], sign: str = "") -> str:
+        return f"{np.mean(values):{sign}.2f}" + (f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else "")
+
+    lines = ["", "| what trains | copy | seeds | test acc (%), mean ± std | change (points), mean ± std |",
+             "|---|---|---|---|---|"]
+    for (train, copy), v in runs.items():
+        accuracy, change = [100 * r["test_acc"] for r in v], [r["change_points"] for r in v]
+        lines.append(f"| `{train}` | {copy} | {', '.join(str(r['seed']) for r in v)} "
+                     f"| {mean_std(accuracy)} | {mean_std(change, '+')} |")
+    return lines
 
 
 def main() -> None:
@@ -164,6 +201,7 @@ def main() -> None:
                         "the original CIFAR-10: give --qualities 75,50,30)")
     p.add_argument("--train", default=TRAIN,
                    help=f"what trains, comma-separated what-trains specs, each on every copy (default: {TRAIN})")
+    p.add_argument("--seeds", default="0", help="seeds, comma-separated, each for every spec and copy (default: 0)")
     p = sub.add_parser("report", help="accuracy against PSNR from the finished runs")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--results", type=Path, default=Path("results/jpeg_quality"))
@@ -171,7 +209,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.command == "prepare":
         prepare(args.source, args.out, [int(q) for q in args.qualities.split(",")], args.lossless,
-                tuple(args.train.split(",")))
+                tuple(args.train.split(",")), tuple(int(s) for s in args.seeds.split(",")))
     else:
         report(args.out, args.results)
 
