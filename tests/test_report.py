@@ -103,6 +103,16 @@ def test_report_markdown_and_figures(reported):
     # Published numbers appear with their source; the bn vs random comparison is filled in.
     assert "| deep ResNet, CIFAR-10, BN-only (ResNet-866) | 82.0% | [paper] abstract | not run here |" in text
     assert "cifar_resnet_8_8: bn " in text and "vs random:matched" in text
+    # The |γ| < 0.01 shares fill the third-party claims (model not stated) for every analysed model.
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False, na_values=[""])
+    small = {(r["model"], r["train"]): 100 * r["gamma_below_0.01_mean"] for _, r in groups.iterrows()}
+    bn8 = (groups["model"] == "cifar_resnet_8_8") & (groups["train"] == "bn")
+    spread = 100 * groups.loc[bn8, "gamma_below_0.01_std"].item()
+    assert (f"| BN features with \\|γ\\| < 0.01 after BN-only training | 27.0% | [third-party] summary of arXiv v1 "
+            f"(model not stated) | cifar_resnet_8_8: {small['cifar_resnet_8_8', 'bn']:.1f} ± {spread:.1f}%; "
+            f"cifar_resnet_14_8: {small['cifar_resnet_14_8', 'bn']:.1f}%;") in text
+    assert (f"| BN features with \\|γ\\| < 0.01 after full training | 9.0% | [third-party] summary of arXiv v1 "
+            f"(model not stated) | cifar_resnet_8_8: {small['cifar_resnet_8_8', 'all']:.1f}% |") in text
     assert "| cifar_resnet_8_8 | `bn` | 0,1 |" in text
     assert "other BNs (residual side): as many random zeroed |" in text  # the split table's header
     assert "| model | what trains | runs | \\|γ\\| < 0.01 | \\|γ\\| < 0.05 | \\|γ\\| < 0.1 | disabled |" in text

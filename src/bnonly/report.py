@@ -634,6 +634,12 @@ def _paper_rows(groups) -> list[list]:
                      f"{m}: {_pct(r['fraction_dead_mean'], r['fraction_dead_std'])}%"
                      for (m, t), r in by.items() if t == "bn" and r["n_analyzed"]]
             here = "; ".join(found) or here
+        elif p.metric.startswith("fraction_gamma_below_"):  # "model not stated": every analysed depth
+            column = "gamma_below_" + p.metric.removeprefix("fraction_gamma_below_")
+            found = [f"{m}: n/a" if _not_applicable(r, "affine") else
+                     f"{m}: {_pct(r[f'{column}_mean'], r[f'{column}_std'])}%"
+                     for (m, t), r in by.items() if t == p.train and r["n_analyzed"] and f"{column}_mean" in r]
+            here = "; ".join(found) or here
         rows.append([p.claim, value, f"{p.source} {p.where}", here])
     for claim, value, source in paper.CLAIMS:
         here = "not measured here"
