@@ -212,6 +212,38 @@ def test_configs_of_one_recipe_written_by_older_versions_compare_equal():
     assert normalized(today | {"augment": "none"})["augment"] == "none"
 
 
+def test_depth_figure_sets_the_published_series_in_their_specs_colours_at_this_width(tmp_path, monkeypatch):
+    """The BN-only and full-training series of the paper's figure and the port take the colour of this
+    study's `bn` and `all` lines, a marker per source, and the ResNet-14 width series (other widths)
+    stay off a width-16 panel, where they would stack up at depth 14."""
+    import matplotlib
+    from matplotlib.colors import to_rgba
+
+    import bnonly.report as report
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = pd.DataFrame([dict(model=f"cifar_resnet_{d}", train=t, variant="precision=bf16", family="cifar_resnet",
+                                normalizer="BatchNorm", width=16, depth=d, test_acc_mean=a, test_acc_std=float("nan"))
+                           for d, t, a in [(14, "bn", 0.47), (32, "bn", 0.575), (14, "all", 0.864)]])
+    colors = {"all [precision=bf16]": "C0", "bn [precision=bf16]": "C1"}
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda plt, fig, path: drawn.setdefault("fig", fig))
+    report.fig_accuracy_vs_depth(plt, groups, colors, tmp_path / "depth.png")
+    lines = {ln.get_label(): ln for ln in drawn["fig"].axes[0].get_lines() if not ln.get_label().startswith("_")}
+    published = {label.removesuffix(" (published, CIFAR-10)"): ln for label, ln in lines.items()}
+    port_bn, v1_all = published["[port] BN-only"], published["[paper v1 figure] all"]
+    assert to_rgba(port_bn.get_color()) == to_rgba("C1") and port_bn.get_marker() == "D"
+    assert to_rgba(v1_all.get_color()) == to_rgba("C0") and v1_all.get_marker() == "s"
+    assert list(port_bn.get_xdata())[:3] == [14, 32, 56] and list(port_bn.get_ydata())[:3] == pytest.approx(
+        [46.9, 56.9, 62.6])
+    assert published["[paper] BN-only"].get_marker() == "*"
+    assert not [label for label in lines if "by width" in label]
+    assert to_rgba(published["[paper v1 figure] BN + shortcut + output"].get_color()) == to_rgba("0.35")  # not run
+    plt.close(drawn["fig"])
+
+
 def test_model_shape():
     assert model_shape("cifar_resnet_14") == ("cifar_resnet", 14, 16)
     assert model_shape("cifar_resnet_14_64") == ("cifar_resnet", 14, 64)

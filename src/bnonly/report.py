@@ -354,11 +354,21 @@ def _colors(groups) -> dict[str, str]:
     return {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
 
-def _paper_style(source: str, series: str) -> dict:
-    """Star: the paper's own number; hollow markers: third-party numbers (diamonds for the port)."""
-    if source == "[paper]":
-        return dict(marker="*", ms=15)
-    return dict(marker="D" if "port" in series else "s", ms=6, mfc="none", mew=1.5)
+#: Marker per kind of published source: a star for the paper's own text, hollow markers for the rest.
+_SOURCE_MARKERS = {"[paper]": dict(marker="*", ms=15), "[paper v1 figure]": dict(marker="s"),
+                   "[port]": dict(marker="D"), "[third-party]": dict(marker="^")}
+
+
+def _paper_style(source: str) -> dict:
+    """A published number's marker, by source, so that the figure and the port tell apart at a glance."""
+    style = _SOURCE_MARKERS.get(source, dict(marker="v"))
+    return style if source == "[paper]" else dict(ms=6, mfc="none", mew=1.5, **style)
+
+
+def _spec_color(colors: dict[str, str], train: str) -> str:
+    """The colour of this study's line for spec ``train`` (its first variant's), so that a published
+    series sits in the colour of the runs it compares with; grey for a spec not run here."""
+    return next((c for label, c in colors.items() if label.split(" [")[0] == train), "0.35")
 
 
 def _draw_paper(ax, points, colors):
@@ -369,8 +379,8 @@ def _draw_paper(ax, points, colors):
     for (source, name, train), xy in sorted(series.items()):
         xy.sort()
         ax.plot([x for x, _ in xy], [100 * y for _, y in xy], ls=":" if len(xy) > 1 else "none",
-                color=colors.get(train, "0.35"), label=f"{source} {name} (published, CIFAR-10)",
-                **_paper_style(source, name))
+                color=_spec_color(colors, train), label=f"{source} {name} (published, CIFAR-10)",
+                **_paper_style(source))
 
 
 def _draw_groups(ax, groups, x_col: str, colors, lines: bool = True):
@@ -422,7 +432,9 @@ def fig_accuracy_vs_depth(plt, groups, colors, path: Path) -> Path | None:
         _draw_groups(ax, g, "depth", colors)
         depths = list(g["depth"])
         if _has_paper_depths(family, normalizer, width):
-            points = [(model_shape(p.model)[1], p) for p in paper.numbers("top1", "CIFAR-10") if p.model]
+            # The published width series sit at depth 14 but at other widths: not on this panel.
+            points = [(model_shape(p.model)[1], p) for p in paper.numbers("top1", "CIFAR-10")
+                      if p.model and model_shape(p.model)[2] == width]
             _draw_paper(ax, points, colors)
             depths += [x for x, _ in points]
         ax.set_xscale("log")
