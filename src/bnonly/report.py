@@ -347,10 +347,15 @@ def _label(train: str, variant: str, sep: str = " ") -> str:
     return f"{train}{sep}[{variant}]" if variant else train
 
 
+def _spec_of(label: str) -> str:
+    """The what-trains spec of a :func:`_label`."""
+    return label.split(" [")[0]
+
+
 def _colors(groups) -> dict[str, str]:
     """One colour per what-trains spec (x variant), the same in every figure."""
     labels = sorted({_label(t, v) for t, v in zip(groups["train"], groups["variant"])},
-                    key=lambda s: _spec_key(s.split(" [")[0]) + (s,))
+                    key=lambda s: _spec_key(_spec_of(s)) + (s,))
     return {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
 
@@ -368,7 +373,7 @@ def _paper_style(source: str) -> dict:
 def _spec_color(colors: dict[str, str], train: str) -> str:
     """The colour of this study's line for spec ``train`` (its first variant's), so that a published
     series sits in the colour of the runs it compares with; grey for a spec not run here."""
-    return next((c for label, c in colors.items() if label.split(" [")[0] == train), "0.35")
+    return next((c for label, c in colors.items() if _spec_of(label) == train), "0.35")
 
 
 def _draw_paper(ax, points, colors):
@@ -433,8 +438,8 @@ def fig_accuracy_vs_depth(plt, groups, colors, path: Path) -> Path | None:
         depths = list(g["depth"])
         if _has_paper_depths(family, normalizer, width):
             # The published width series sit at depth 14 but at other widths: not on this panel.
-            points = [(model_shape(p.model)[1], p) for p in paper.numbers("top1", "CIFAR-10")
-                      if p.model and model_shape(p.model)[2] == width]
+            shapes = [(model_shape(p.model), p) for p in paper.numbers("top1", "CIFAR-10") if p.model]
+            points = [(depth, p) for (_, depth, w), p in shapes if w == width]
             _draw_paper(ax, points, colors)
             depths += [x for x, _ in points]
         ax.set_xscale("log")
@@ -626,6 +631,14 @@ def _paper_spec(group) -> str:
     return "bn" if group["train"] == "norm" and group["normalizer"] == "BatchNorm" else group["train"]
 
 
+def _per_model(by: dict, train: str, column: str, evaluator: str) -> str:
+    """"model: mean ± std%" of ``column`` for every analysed model of spec ``train`` in ``by``
+    ((model, spec) -> group), "n/a" where ``evaluator`` does not apply; "" if none has it."""
+    return "; ".join(f"{m}: n/a" if _not_applicable(r, evaluator) else
+                     f"{m}: {_pct(r[f'{column}_mean'], r[f'{column}_std'])}%"
+                     for (m, t), r in by.items() if t == train and r["n_analyzed"] and f"{column}_mean" in r)
+
+
 def _paper_rows(groups) -> list[list]:
     """Each published number next to this study's closest measurement, if any."""
     rows = []
@@ -642,16 +655,10 @@ def _paper_rows(groups) -> list[list]:
             variant = f", {r['variant']}" if r["variant"] not in ("", "recipe") else ""
             here = f"{_pct(r['test_acc_mean'], r['test_acc_std'])}% ({r['n']} seed(s), {r['epochs']:g} epochs{variant})"
         elif p.metric == "fraction_disabled":
-            found = [f"{m}: n/a" if _not_applicable(r, "disabled") else
-                     f"{m}: {_pct(r['fraction_dead_mean'], r['fraction_dead_std'])}%"
-                     for (m, t), r in by.items() if t == "bn" and r["n_analyzed"]]
-            here = "; ".join(found) or here
+            here = _per_model(by, p.train, "fraction_dead", "disabled") or here
         elif p.metric.startswith("fraction_gamma_below_"):  # "model not stated": every analysed depth
             column = "gamma_below_" + p.metric.removeprefix("fraction_gamma_below_")
-            found = [f"{m}: n/a" if _not_applicable(r, "affine") else
-                     f"{m}: {_pct(r[f'{column}_mean'], r[f'{column}_std'])}%"
-                     for (m, t), r in by.items() if t == p.train and r["n_analyzed"] and f"{column}_mean" in r]
-            here = "; ".join(found) or here
+            here = _per_model(by, p.train, column, "affine") or here
         rows.append([p.claim, value, f"{p.source} {p.where}", here])
     for claim, value, source in paper.CLAIMS:
         here = "not measured here"
